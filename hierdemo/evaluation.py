@@ -1,0 +1,67 @@
+"""Batched image feature extraction and hierarchical evaluation of features against node text embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .data import ImageDataset, collate_skip_none
+from .metrics import full_path_accuracy, hierarchical_report
+from .scoring import decode, level_logits
+from .taxonomy import Taxonomy
+
+ProgressFn = Callable[[int, int], None]
+
+
+def extract_features(
+    backbone,
+    paths: Sequence[Path],
+    transform: Callable | None = None,
+    batch_size: int = 64,
+    progress: ProgressFn | None = None,
+    grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image embeddings of ``paths`` in order, and a boolean mask of the ones that loaded (others are zeros)."""
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(paths, transform or backbone.preprocess), batch_size=batch_size, collate_fn=collate_skip_none
+    )
+    feats: torch.Tensor | None = None
+    ok = torch.zeros(len(paths), dtype=torch.bool)
+    done = 0
+    ctx = torch.enable_grad() if grad else torch.inference_mode()
+    with ctx:
+        for batch in loader:
+            done = min(done + batch_size, len(paths))
+            if batch is not None:
+                pixels, idx = batch
+                f = backbone.encode_images(pixels).float()
+                if feats is None:
+                    feats = f.new_zeros(len(paths), f.shape[1])
+                feats[idx.to(f.device)] = f
+                ok[idx] = True
+            if progress:
+                progress(done, len(paths))
+    if feats is None:
+        feats = torch.zeros(len(paths), 1)
+    return feats, ok
+
+
+def evaluate_features(
+    image_features: torch.Tensor,
+    node_features: torch.Tensor,
+    targets: torch.Tensor,
+    taxonomy: Taxonomy,
+    logit_scale: torch.Tensor | float,
+) -> dict:
+    """Metrics of the independent per-level predictions (FPA, TICE, wAP, level accuracy, hP/hR/hF1), plus FPA
+    of the two consistent decodings (``fpa_consistent``, ``fpa_leaf_marginal``)."""
+    s = taxonomy.structure
+    with torch.inference_mode():
+        logits = level_logits(image_features, node_features, s, logit_scale)
+        pred, _ = decode(logits, s, "independent")
+        report = hierarchical_report(pred.cpu(), targets, s.parents, s.node_index, s.num_nodes)
+        for mode, key in (("consistent", "fpa_consistent"), ("leaf-marginal", "fpa_leaf_marginal")):
+            report[key] = full_path_accuracy(decode(logits, s, mode)[0].cpu(), targets).item()
+    return report

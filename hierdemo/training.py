@@ -1,0 +1,259 @@
+"""Fine-tune LoRA adapters with hierarchy-aware losses on a nested image folder.
+
+``train`` runs the whole job: scan and split the data, measure zero-shot, attach LoRA to a copy of the backbone,
+optimise (AdamW, warm-up + cosine schedule), evaluate each epoch, keep the best epoch by validation FPA (early
+stop), and save the adapter folder atomically. It reports through a progress callback and stops cleanly when a
+cancel event is set (nothing is written then). With only the text tower adapted, image features are computed
+once and reused (``cache_features``), which makes CPU training fast.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+from .adapters import LoraSettings, attach_lora, parameter_counts, save_adapter
+from .backbones import Backbone, load_backbone
+from .data import DataError, ImageDataset, collate_skip_none, scan_image_folder, stratified_split, targets_for
+from .evaluation import evaluate_features, extract_features
+from .losses import LossConfig, hierarchical_loss
+from .scoring import TEMPLATE_SETS, encode_nodes, level_logits
+
+ProgressCallback = Callable[[dict], None]
+
+
+class TrainingCancelled(RuntimeError):
+    """The job was cancelled; no adapter was written."""
+
+
+@dataclass
+class TrainConfig:
+    backbone: str = "embedded"
+    loss: str = "tpkl+hisce"
+    lambda_tpkl: float = 1.0
+    lambda_hisce: float = 1.0
+    hisce_eps: float = 0.1
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    rank: int = 8
+    alpha: int = 16
+    towers: tuple[str, ...] = ("text",)
+    templates: str = "plain"
+    seed: int = 0
+    val_fraction: float = 0.2
+    patience: int = 3
+    cache_features: bool = True
+    max_seconds: float | None = None
+    min_images_per_class: int = 1
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(self.loss, self.lambda_tpkl, self.lambda_hisce, self.hisce_eps)
+
+    def lora_settings(self) -> LoraSettings:
+        return LoraSettings(rank=self.rank, alpha=self.alpha, towers=tuple(self.towers))
+
+    def validate(self) -> None:
+        self.loss_config()
+        self.lora_settings()
+        if self.templates not in TEMPLATE_SETS:
+            raise ValueError(f"templates must be one of {', '.join(TEMPLATE_SETS)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch size must be at least 1 and the learning rate positive")
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    zero_shot: dict
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+    trainable_params: int = 0
+    total_params: int = 0
+    seconds: float = 0.0
+    train_images: int = 0
+    stopped_early: str = ""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _emit(progress: ProgressCallback | None, **event) -> None:
+    if progress is not None:
+        progress(event)
+
+
+def train(
+    data_root: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    backbone: Backbone | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter on ``data_root`` and save it to ``out_dir``. ``backbone`` is copied, not changed."""
+    config = config or TrainConfig()
+    config.validate()
+    cancel = cancel or threading.Event()
+    started = time.perf_counter()
+    seed_everything(config.seed)
+
+    _emit(progress, event="stage", stage="scanning images")
+    data = scan_image_folder(data_root, min_per_class=config.min_images_per_class)
+    taxonomy = data.taxonomy
+    if data.val_samples is not None:
+        train_samples, val_samples = data.samples, data.val_samples
+    else:
+        train_samples, val_samples = stratified_split(data.samples, config.val_fraction, config.seed)
+    if not train_samples:
+        raise DataError("no training images left after the split")
+    if not val_samples:
+        val_samples = train_samples  # tiny folders: report training-set metrics rather than none
+    _emit(progress, event="stage", stage="loading backbone", report=data.report.summary())
+    base = backbone or load_backbone(config.backbone)
+    templates = TEMPLATE_SETS[config.templates]
+    structure = taxonomy.structure
+    train_targets = targets_for(taxonomy, [leaf for _, leaf in train_samples])
+    val_targets = targets_for(taxonomy, [leaf for _, leaf in val_samples])
+    scale = base.logit_scale
+    adapt_vision = "vision" in config.towers
+    use_cache = config.cache_features and not adapt_vision
+
+    def feature_progress(stage: str):
+        return lambda done, total: _emit(progress, event="features", stage=stage, done=done, total=total)
+
+    # zero-shot reference on the base model, before any LoRA layer exists
+    _emit(progress, event="stage", stage="zero-shot evaluation")
+    val_feats, val_ok = extract_features(base, [p for p, _ in val_samples], progress=feature_progress("validation features"))
+    with torch.inference_mode():
+        zs_nodes = encode_nodes(base, taxonomy, templates)
+    zero_shot = evaluate_features(val_feats[val_ok], zs_nodes, val_targets[val_ok.cpu()], taxonomy, scale)
+    _emit(progress, event="zero_shot", metrics=zero_shot)
+
+    model = copy.deepcopy(base.model)
+    peft_model = attach_lora(model, base, config.lora_settings())
+    work = dataclasses.replace(base, model=model)
+    trainable, total = parameter_counts(model)
+    _emit(progress, event="stage", stage="training", trainable=trainable, total=total)
+
+    if use_cache:
+        train_feats, train_ok = extract_features(base, [p for p, _ in train_samples], progress=feature_progress("training features"))
+        keep = train_ok.nonzero().flatten()
+        fixed_nodes = None
+    else:
+        keep = torch.arange(len(train_samples))
+        with torch.inference_mode():
+            fixed_nodes = None if "text" in config.towers else encode_nodes(base, taxonomy, templates)
+    n_train = len(keep)
+    steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
+    total_steps = steps_per_epoch * config.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, int(config.warmup_fraction * total_steps))
+    schedule = lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total_steps - warmup)))  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    loss_cfg = config.loss_config()
+    parents = [p.to(base.device) for p in structure.parents]
+
+    history: list[dict] = []
+    best_fpa, best_state, best_metrics, bad_epochs, step = -1.0, None, zero_shot, 0, 0
+    stopped_early = ""
+    generator = torch.Generator().manual_seed(config.seed)
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        epoch_loss, seen = 0.0, 0
+        if use_cache:
+            batches = (keep[idx] for idx in torch.randperm(n_train, generator=generator).split(config.batch_size))
+        else:
+            loader = torch.utils.data.DataLoader(
+                ImageDataset([p for p, _ in train_samples], base.train_preprocess),
+                batch_size=config.batch_size, shuffle=True, generator=generator, collate_fn=collate_skip_none,
+            )
+            batches = iter(loader)
+        for batch in batches:
+            if cancel.is_set():
+                raise TrainingCancelled("training was cancelled")
+            if use_cache:
+                idx = batch
+                img = train_feats[idx]
+            else:
+                if batch is None:
+                    continue
+                pixels, idx = batch
+                img = work.encode_images(pixels)
+            nodes = fixed_nodes if fixed_nodes is not None else encode_nodes(work, taxonomy, templates)
+            logits = level_logits(img, nodes, structure, scale)
+            terms = hierarchical_loss(logits, train_targets[idx].to(base.device), parents, loss_cfg)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            epoch_loss += terms["loss"].item() * len(idx)
+            seen += len(idx)
+            _emit(progress, event="step", epoch=epoch, step=step, total_steps=total_steps,
+                  loss=terms["loss"].item(), **{k: v.item() for k, v in terms.items() if k != "loss"})
+            if config.max_seconds and time.perf_counter() - started > config.max_seconds:
+                stopped_early = f"time limit of {config.max_seconds:.0f} s reached in epoch {epoch}"
+                break
+        model.eval()
+        with torch.inference_mode():
+            nodes = encode_nodes(work, taxonomy, templates)
+        if not use_cache:
+            val_feats, val_ok = extract_features(work, [p for p, _ in val_samples])
+        metrics = evaluate_features(val_feats[val_ok], nodes, val_targets[val_ok.cpu()], taxonomy, scale)
+        record = {"epoch": epoch, "train_loss": epoch_loss / max(1, seen), **metrics}
+        history.append(record)
+        _emit(progress, event="epoch", **record)
+        if metrics["fpa"] > best_fpa:
+            best_fpa, best_metrics, bad_epochs = metrics["fpa"], metrics, 0
+            best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+        else:
+            bad_epochs += 1
+        if stopped_early:
+            break
+        if bad_epochs >= config.patience:
+            stopped_early = f"no validation FPA gain for {config.patience} epochs (best {best_fpa:.3f})"
+            break
+
+    set_peft_model_state_dict(peft_model, best_state)
+    _emit(progress, event="stage", stage="saving adapter")
+    meta = {
+        "backbone": base.name,
+        "towers": list(config.towers),
+        "templates": list(templates),
+        "taxonomy_fingerprint": taxonomy.fingerprint,
+        "train_config": asdict(config),
+        "metrics": best_metrics,
+        "zero_shot": zero_shot,
+        "history": history,
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_images": n_train,
+        "val_images": int(val_ok.sum()),
+        "data_report": data.report.summary(),
+        "stopped_early": stopped_early,
+        "name": Path(out_dir).name,
+    }
+    adapter_dir = save_adapter(peft_model, out_dir, meta, taxonomy)
+    result = TrainResult(
+        adapter_dir, zero_shot, best_metrics, history, trainable, total, time.perf_counter() - started, n_train, stopped_early
+    )
+    _emit(progress, event="done", adapter_dir=str(adapter_dir), metrics=best_metrics, zero_shot=zero_shot)
+    return result
