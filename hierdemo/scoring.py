@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .cache import cache_dir, digest
+from .metrics import inconsistent_paths
 from .taxonomy import LevelStructure, Taxonomy
 
 Tensor = torch.Tensor
@@ -196,7 +197,5 @@ def explain(
         levels.append(LevelPrediction(lvl, node, taxonomy.name(node), prob, sibs))
         stopped = stopped or prob < threshold
         depth += not stopped
-    from .metrics import inconsistent_paths
-
     ok = not bool(inconsistent_paths(pred_row.unsqueeze(0).cpu(), structure.parents)[0])
     return PathPrediction(levels, mode, depth, ok)
