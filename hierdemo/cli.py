@@ -131,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report = predictor.evaluate([p for p, _ in samples], [leaf for _, leaf in samples], data.taxonomy, key,
                                     templates, progress)
     report["backbone"] = predictor.backbone.name
-    report["adapter"] = args.adapter if key else None
+    report["adapter"] = str(args.adapter) if key else None
     report["data_report"] = data.report.summary()
     if args.json:
         print(json.dumps(report, indent=1))

@@ -1,0 +1,157 @@
+"""Training, saving, loading and switching LoRA adapters on a tiny randomly initialised open_clip model."""
+
+import json
+import shutil
+import threading
+
+import pytest
+import torch
+
+from hierdemo.adapters import AdapterError, clean_stale_temp_dirs, find_adapters, read_adapter
+from hierdemo.backbones import BackboneError, load_backbone
+from hierdemo.predict import Predictor
+from hierdemo.taxonomy import Taxonomy
+from hierdemo.training import TrainConfig, TrainingCancelled, train
+
+FAST = dict(backbone="tiny-random", epochs=3, batch_size=8, lr=5e-3, patience=5)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_backbone):
+    from conftest import COLOUR_CLASSES, make_image_folder
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_image_folder(root / "data", COLOUR_CLASSES, per_class=8)
+    events = []
+    text = train(data, root / "adapters" / "text", TrainConfig(**FAST), tiny_backbone, progress=events.append)
+    vision = train(data, root / "adapters" / "both", TrainConfig(**FAST, towers=("text", "vision"), loss="levels"), tiny_backbone)
+    return data, text, vision, events
+
+
+def test_training_reports_progress_and_learns(trained):
+    _, result, _, events = trained
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "stage" and kinds[-1] == "done" and "zero_shot" in kinds
+    steps = [e for e in events if e["event"] == "step"]
+    assert steps[-1]["step"] == steps[-1]["total_steps"] == 3 * 3  # 24 training images / batch 8, 3 epochs
+    assert {"ce", "tpkl", "hisce"} <= set(steps[0])
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert 0 < result.trainable_params < result.total_params
+
+
+def test_adapter_folder_contents(trained):
+    _, result, vision, _ = trained
+    files = {p.name for p in result.adapter_dir.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "hierdemo.json", "taxonomy.json"} <= files
+    meta = json.loads((result.adapter_dir / "hierdemo.json").read_text())
+    assert meta["backbone"] == "tiny-random" and meta["towers"] == ["text"]
+    assert meta["metrics"]["fpa"] == result.metrics["fpa"] and "zero_shot" in meta
+    assert read_adapter(vision.adapter_dir).meta["towers"] == ["text", "vision"]
+    assert [a.name for a in find_adapters(result.adapter_dir.parent)] == ["both", "text"]
+
+
+def test_bank_switches_adapters_and_zero_shot_is_the_base(trained, tiny_backbone):
+    data, text, vision, _ = trained
+    image = next((data / "warm" / "red").iterdir())
+    tree = read_adapter(text.adapter_dir).taxonomy
+    backbone = load_backbone("tiny-random")  # a fresh copy: the bank injects LoRA layers into its model
+    predictor = Predictor(backbone)
+    _, (before,) = predictor.predict([image], tree)
+    a = predictor.load_adapter(text.adapter_dir)
+    b = predictor.load_adapter(vision.adapter_dir)
+    assert predictor.load_adapter(text.adapter_dir) is a  # idempotent
+    _, (zs,) = predictor.predict([image], tree)
+    _, (pa,) = predictor.predict([image], adapter=a.key)
+    _, (pb,) = predictor.predict([image], adapter=b.key)
+    probs = lambda p: [lv.prob for lv in p.levels]  # noqa: E731
+    assert probs(zs) == pytest.approx(probs(before), abs=1e-6)
+    assert probs(pa) != pytest.approx(probs(zs), abs=1e-4)
+    assert probs(pb) != pytest.approx(probs(pa), abs=1e-4)
+    # the text embeddings of a text adapter are cached under its own key
+    assert predictor.cache.misses == 3
+
+
+def test_eval_of_adapter_matches_training_metrics(trained, tiny_backbone):
+    data, text, _, _ = trained
+    from hierdemo.data import scan_image_folder
+
+    predictor = Predictor(load_backbone("tiny-random"))
+    key = predictor.load_adapter(text.adapter_dir).key
+    scan = scan_image_folder(data)
+    report = predictor.evaluate([p for p, _ in scan.samples], [l for _, l in scan.samples], scan.taxonomy, key)
+    assert report["n_images"] == 32 and 0 <= report["fpa"] <= 1 and len(report["level_acc"]) == 2
+
+
+def test_wrong_backbone_and_tampered_adapters(trained, tmp_path):
+    _, text, _, _ = trained
+    other = tmp_path / "other"
+    shutil.copytree(text.adapter_dir, other)
+    meta = json.loads((other / "hierdemo.json").read_text())
+    meta["backbone"] = "ViT-B-32:laion2b_s34b_b79k"
+    (other / "hierdemo.json").write_text(json.dumps(meta))
+    predictor = Predictor(load_backbone("tiny-random"))
+    with pytest.raises(AdapterError, match="trained for backbone 'ViT-B-32"):
+        predictor.load_adapter(other)
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(text.adapter_dir, tampered)
+    cfg = json.loads((tampered / "adapter_config.json").read_text())
+    cfg["r"] = 4
+    (tampered / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AdapterError, match="does not fit"):
+        predictor.load_adapter(tampered)
+
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(AdapterError, match="missing"):
+        read_adapter(tmp_path / "junk")
+    broken = tmp_path / "broken"
+    shutil.copytree(text.adapter_dir, broken)
+    (broken / "taxonomy.json").write_text('{"a": {}, "b": {}}')
+    with pytest.raises(AdapterError, match="does not match"):
+        read_adapter(broken)
+
+
+def test_cancel_and_failure_leave_no_adapter(tmp_path, tiny_backbone, colour_folder):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(TrainingCancelled):
+        train(colour_folder, tmp_path / "ad" / "x", TrainConfig(**FAST), tiny_backbone, cancel=cancel)
+
+    def explode(event):
+        if event["event"] == "stage" and event["stage"] == "saving adapter":
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        train(colour_folder, tmp_path / "ad" / "y", TrainConfig(**FAST), tiny_backbone, progress=explode)
+    assert not (tmp_path / "ad" / "x").exists() and not (tmp_path / "ad" / "y").exists()
+
+
+def test_stale_temp_dirs_are_cleaned(tmp_path):
+    (tmp_path / ".run.tmp-abc").mkdir()
+    (tmp_path / "keep").mkdir()
+    assert [p.name for p in clean_stale_temp_dirs(tmp_path)] == [".run.tmp-abc"]
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"]
+
+
+def test_backbone_specs(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    import hierdemo.embedded
+    from hierdemo.backbones import load_tiny_random
+
+    with pytest.raises(BackboneError, match="unknown backbone"):
+        load_backbone("NoSuchNet:x")
+    with pytest.raises(BackboneError, match="neither a local file nor a pretrained tag"):
+        load_backbone("ViT-B-32:nope")
+    with pytest.raises(BackboneError, match="cannot be reached"):
+        load_backbone("ViT-B-32:laion2b_s34b_b79k", fallback=False)
+    monkeypatch.setattr(hierdemo.embedded, "load_embedded", lambda device=None: load_tiny_random())
+    fallback = load_backbone("ViT-B-32:laion2b_s34b_b79k")
+    assert "using the offline embedded backbone" in fallback.note
+    # a local checkpoint goes through open_clip's own loading path
+    source = load_tiny_random(seed=3)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in source.model.state_dict().items()}, str(ckpt))
+    loaded = load_backbone(f"hierdemo-tiny-random:{ckpt}")
+    assert torch.equal(loaded.model.visual.conv1.weight, source.model.visual.conv1.weight)
