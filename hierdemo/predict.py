@@ -42,7 +42,7 @@ class Predictor:
         with self.bank.use(adapter):
             return self.cache.get(self.backbone, taxonomy, templates, text_key)
 
-    def predict(
+    def predict_detailed(
         self,
         images: Sequence[Image.Image | str | Path],
         taxonomy: Taxonomy | None = None,
@@ -50,8 +50,9 @@ class Predictor:
         mode: str = "consistent",
         threshold: float = 0.0,
         templates: Sequence[str] | None = None,
-    ) -> tuple[Taxonomy, list[PathPrediction]]:
-        """Decode each image along the taxonomy (the adapter's own when none is given). Raises
+    ) -> tuple[Taxonomy, list[PathPrediction], list[torch.Tensor], list[torch.Tensor]]:
+        """Decode each image along the taxonomy (the adapter's own when none is given); also returns the per-level
+        probabilities of the mode and the logits, ``(N, C_l)`` each. Raises
         :class:`hierdemo.data.ImageLoadError` for an unreadable image."""
         info, taxonomy, templates, text_key = self._resolve(adapter, taxonomy, templates)
         pixels = torch.stack([self.backbone.preprocess(load_image(img)) for img in images])
@@ -61,7 +62,13 @@ class Predictor:
         s = taxonomy.structure
         logits = level_logits(feats, nodes, s, self.backbone.logit_scale)
         pred, probs = decode(logits, s, mode)
-        return taxonomy, [explain(taxonomy, pred[i], [p[i] for p in probs], mode, threshold) for i in range(len(images))]
+        preds = [explain(taxonomy, pred[i], [p[i] for p in probs], mode, threshold) for i in range(len(images))]
+        return taxonomy, preds, probs, logits
+
+    def predict(self, images, taxonomy=None, adapter=None, mode="consistent", threshold=0.0, templates=None):
+        """:meth:`predict_detailed` without the tensors: ``(taxonomy, predictions)``."""
+        taxonomy, preds, _, _ = self.predict_detailed(images, taxonomy, adapter, mode, threshold, templates)
+        return taxonomy, preds
 
     def evaluate(self, paths: Sequence[Path], leaves: Sequence[str], taxonomy: Taxonomy, adapter: str | None = None,
                  templates: Sequence[str] | None = None, progress=None) -> dict:
