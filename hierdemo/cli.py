@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from .backbones import DEFAULT_BACKBONE
 from .losses import LOSS_NAMES
 from .scoring import DECODE_MODES, TEMPLATE_SETS
 
@@ -57,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train
 
     config = TrainConfig(
-        backbone=args.backbone, loss=args.loss, epochs=args.epochs, rank=args.rank, alpha=args.alpha or 2 * args.rank,
+        backbone=args.backbone or DEFAULT_BACKBONE, loss=args.loss, epochs=args.epochs, rank=args.rank, alpha=args.alpha or 2 * args.rank,
         seed=args.seed, lr=args.lr, batch_size=args.batch_size, towers=tuple(args.towers.split(",")),
         templates=args.templates, lambda_tpkl=args.lambda_tpkl, lambda_hisce=args.lambda_hisce, hisce_eps=args.eps,
         val_fraction=args.val_fraction, patience=args.patience, max_seconds=args.max_seconds,
@@ -178,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a LoRA adapter on a nested image folder")
     p.add_argument("data", type=Path, help="folder of class folders (nested = taxonomy), or with train/ and val/")
     p.add_argument("--out", type=Path, required=True, help="adapter folder to write")
-    p.add_argument("--backbone", default="embedded", help="embedded | tiny-random | MODEL:PRETRAINED (default: embedded)")
+    p.add_argument("--backbone", default=None,
+                   help=f"embedded | tiny-random | MODEL:PRETRAINED | MODEL:/path/ckpt (default: {DEFAULT_BACKBONE}, "
+                        "falling back to embedded offline)")
     p.add_argument("--loss", choices=LOSS_NAMES, default="tpkl+hisce")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--rank", type=int, default=8)

@@ -24,7 +24,7 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
 from .adapters import LoraSettings, attach_lora, parameter_counts, save_adapter
-from .backbones import Backbone, load_backbone
+from .backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from .data import DataError, ImageDataset, collate_skip_none, scan_image_folder, stratified_split, targets_for
 from .evaluation import evaluate_features, extract_features
 from .losses import LossConfig, hierarchical_loss
@@ -39,7 +39,7 @@ class TrainingCancelled(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    backbone: str = "embedded"
+    backbone: str = DEFAULT_BACKBONE
     loss: str = "tpkl+hisce"
     lambda_tpkl: float = 1.0
     lambda_hisce: float = 1.0
@@ -127,6 +127,9 @@ def train(
         val_samples = train_samples  # tiny folders: report training-set metrics rather than none
     _emit(progress, event="stage", stage="loading backbone", report=data.report.summary())
     base = backbone or load_backbone(config.backbone)
+    if base.note:
+        _emit(progress, event="stage", stage=base.note)
+    config = dataclasses.replace(config, backbone=base.name)  # what was actually trained on
     templates = TEMPLATE_SETS[config.templates]
     structure = taxonomy.structure
     train_targets = targets_for(taxonomy, [leaf for _, leaf in train_samples])

@@ -12,6 +12,21 @@ from PIL import Image
 
 os.environ.setdefault("HIERDEMO_OFFLINE", "1")  # tests never reach for the hub
 
+
+def _private_cache() -> None:
+    """Each test session gets its own cache folder, so cache hits never depend on earlier runs; only the embedded
+    backbone's fitted text map (deterministic, ~30 s to fit) is shared with the user's cache."""
+    import tempfile
+
+    shared = Path(os.environ.get("HIERDEMO_CACHE", Path.home() / ".cache" / "hierdemo")).expanduser() / "embedded"
+    shared.mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(prefix="hierdemo-test-cache-"))
+    (private / "embedded").symlink_to(shared, target_is_directory=True)
+    os.environ["HIERDEMO_CACHE"] = str(private)
+
+
+_private_cache()
+
 from hierdemo.taxonomy import Taxonomy  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
