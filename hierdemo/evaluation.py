@@ -48,6 +48,31 @@ def extract_features(
     return feats, ok
 
 
+class FeatureStore:
+    """Frozen image features by file, for one backbone and transform: jobs that share images (benchmarks, repeated
+    runs) extract each image once. Unreadable files are remembered too."""
+
+    def __init__(self) -> None:
+        self.features: dict[str, torch.Tensor] = {}
+        self.failed: set[str] = set()
+
+    def get(self, backbone, paths: Sequence[Path], progress: ProgressFn | None = None, batch_size: int = 64):
+        """Like :func:`extract_features`, computing only the paths not seen before."""
+        keys = [str(p) for p in paths]
+        todo = [p for p, k in zip(paths, keys) if k not in self.features and k not in self.failed]
+        if todo:
+            feats, ok = extract_features(backbone, todo, progress=progress, batch_size=batch_size)
+            for p, f, good in zip(todo, feats, ok.tolist()):
+                if good:
+                    self.features[str(p)] = f
+                else:
+                    self.failed.add(str(p))
+        ok = torch.tensor([k in self.features for k in keys], dtype=torch.bool)
+        dim = next(iter(self.features.values())).shape[0] if self.features else 1
+        out = torch.stack([self.features.get(k, torch.zeros(dim)) for k in keys]) if keys else torch.zeros(0, dim)
+        return out, ok
+
+
 def evaluate_features(
     image_features: torch.Tensor,
     node_features: torch.Tensor,

@@ -26,7 +26,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from .adapters import LoraSettings, attach_lora, parameter_counts, save_adapter
 from .backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from .data import DataError, ImageDataset, collate_skip_none, scan_image_folder, stratified_split, targets_for
-from .evaluation import evaluate_features, extract_features
+from .evaluation import FeatureStore, evaluate_features, extract_features
 from .losses import LossConfig, hierarchical_loss
 from .scoring import TEMPLATE_SETS, encode_nodes, level_logits
 
@@ -106,8 +106,10 @@ def train(
     backbone: Backbone | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    feature_store: FeatureStore | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter on ``data_root`` and save it to ``out_dir``. ``backbone`` is copied, not changed."""
+    """Train a LoRA adapter on ``data_root`` and save it to ``out_dir``. ``backbone`` is copied, not changed.
+    A ``feature_store`` (for this backbone) lets runs that share images extract frozen image features once."""
     config = config or TrainConfig()
     config.validate()
     cancel = cancel or threading.Event()
@@ -143,7 +145,8 @@ def train(
 
     # zero-shot reference on the base model, before any LoRA layer exists
     _emit(progress, event="stage", stage="zero-shot evaluation")
-    val_feats, val_ok = extract_features(base, [p for p, _ in val_samples], progress=feature_progress("validation features"))
+    frozen = feature_store.get if feature_store is not None else extract_features
+    val_feats, val_ok = frozen(base, [p for p, _ in val_samples], progress=feature_progress("validation features"))
     with torch.inference_mode():
         zs_nodes = encode_nodes(base, taxonomy, templates)
     zero_shot = evaluate_features(val_feats[val_ok], zs_nodes, val_targets[val_ok.cpu()], taxonomy, scale)
@@ -156,7 +159,7 @@ def train(
     _emit(progress, event="stage", stage="training", trainable=trainable, total=total)
 
     if use_cache:
-        train_feats, train_ok = extract_features(base, [p for p, _ in train_samples], progress=feature_progress("training features"))
+        train_feats, train_ok = frozen(base, [p for p, _ in train_samples], progress=feature_progress("training features"))
         keep = train_ok.nonzero().flatten()
         fixed_nodes = None
     else:

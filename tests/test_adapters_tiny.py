@@ -171,3 +171,22 @@ def test_lora_targets_cover_every_vit_b_32_block():
     trainable, total = parameter_counts(model)
     assert trainable == 16 * 8 * (768 * 12 + 512 * 12)
     assert 0.012 < trainable / total < 0.013
+
+
+def test_feature_store_extracts_each_image_once(tiny_backbone, colour_folder, tmp_path):
+    from hierdemo.data import scan_image_folder
+    from hierdemo.evaluation import FeatureStore, extract_features
+
+    paths = [p for p, _ in scan_image_folder(colour_folder).samples]
+    (tmp_path / "bad.png").write_text("x")
+    store = FeatureStore()
+    calls = []
+    feats, ok = store.get(tiny_backbone, paths[:10] + [tmp_path / "bad.png"], progress=lambda d, t: calls.append(t))
+    again, ok2 = store.get(tiny_backbone, paths[5:15], progress=lambda d, t: calls.append(t))
+    assert calls[-1] == 5 and ok.tolist() == [True] * 10 + [False] and ok2.all()
+    direct, _ = extract_features(tiny_backbone, paths[5:15])
+    assert torch.allclose(again, direct, atol=1e-5)
+    r1 = train(colour_folder, tmp_path / "a", TrainConfig(**FAST), tiny_backbone, feature_store=store)
+    r2 = train(colour_folder, tmp_path / "b", TrainConfig(**FAST), tiny_backbone)
+    assert r1.history[-1]["train_loss"] == pytest.approx(r2.history[-1]["train_loss"], abs=1e-4)  # same run
+    assert r1.metrics["level_acc"] == pytest.approx(r2.metrics["level_acc"], abs=1e-4)
