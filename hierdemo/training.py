@@ -94,6 +94,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
+    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to zero."""
+    warmup = max(1, int(warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _emit(progress: ProgressCallback | None, **event) -> None:
     if progress is not None:
         progress(event)
@@ -171,9 +183,7 @@ def train(
     total_steps = steps_per_epoch * config.epochs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, int(config.warmup_fraction * total_steps))
-    schedule = lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total_steps - warmup)))  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_cosine(optimizer, total_steps, config.warmup_fraction)
     loss_cfg = config.loss_config()
     parents = [p.to(base.device) for p in structure.parents]
 

@@ -1,0 +1,190 @@
+"""Quality benchmark: zero-shot vs LoRA with each loss vs a full fine-tune, on Fashion-MNIST's 3-level taxonomy.
+
+Every method gets the same images, epochs and seeds. LoRA and the full fine-tune adapt the text tower (the image
+tower stays frozen, so its features are extracted once and shared); metrics are on held-out Fashion-MNIST test
+images. Prints a markdown table (mean ± standard deviation over seeds) and writes JSON with every run.
+
+    python benchmarks/quality.py                 # 100 images per class, few-shot 4 and 16, 3 seeds
+    python benchmarks/quality.py --quick         # a smaller run for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hierdemo.backbones import load_backbone
+from hierdemo.data import scan_image_folder, stratified_split, targets_for
+from hierdemo.evaluation import FeatureStore, evaluate_features
+from hierdemo.fashion_mnist import export_folder
+from hierdemo.losses import LossConfig, hierarchical_loss
+from hierdemo.predict import Predictor
+from hierdemo.scoring import TEMPLATE_SETS, encode_nodes, level_logits
+from hierdemo.training import TrainConfig, seed_everything, train, warmup_cosine
+
+LORA_LOSSES = ("flat", "levels", "tpkl", "hisce", "tpkl+hisce")
+METRICS = ("fpa", "tice", "wap", "hf1")
+
+
+def few_shot_folder(source: Path, dest: Path, shots: int, seed: int) -> Path:
+    """Copy ``shots`` images per leaf (seeded) from a class folder."""
+    import random
+
+    rng = random.Random(seed)
+    data = scan_image_folder(source, verify=False)
+    by_leaf: dict[str, list[Path]] = {}
+    for path, leaf in data.samples:
+        by_leaf.setdefault(leaf, []).append(path)
+    for leaf, paths in by_leaf.items():
+        for p in rng.sample(sorted(paths), min(shots, len(paths))):
+            target = dest / p.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, target)
+    return dest
+
+
+def full_finetune(backbone, data_root: Path, config: TrainConfig, store: FeatureStore, lr: float):
+    """The reference: every text-tower weight trained (no LoRA), same loss, epochs, split and best-epoch rule."""
+    seed_everything(config.seed)
+    data = scan_image_folder(data_root, verify=False)
+    taxonomy, templates = data.taxonomy, TEMPLATE_SETS[config.templates]
+    train_s, val_s = stratified_split(data.samples, config.val_fraction, config.seed)
+    train_f, _ = store.get(backbone, [p for p, _ in train_s])
+    val_f, _ = store.get(backbone, [p for p, _ in val_s])
+    train_t = targets_for(taxonomy, [leaf for _, leaf in train_s])
+    val_t = targets_for(taxonomy, [leaf for _, leaf in val_s])
+    model = copy.deepcopy(backbone.model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.text.parameters():
+        p.requires_grad_(True)
+    work = dataclasses.replace(backbone, model=model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    steps = config.epochs * math.ceil(len(train_s) / config.batch_size)
+    sched = warmup_cosine(opt, steps, config.warmup_fraction)
+    loss_cfg = config.loss_config()
+    gen = torch.Generator().manual_seed(config.seed)
+    best, best_state = -1.0, None
+    for _ in range(config.epochs):
+        model.train()
+        for idx in torch.randperm(len(train_s), generator=gen).split(config.batch_size):
+            nodes = encode_nodes(work, taxonomy, templates)
+            logits = level_logits(train_f[idx], nodes, taxonomy.structure, backbone.logit_scale)
+            loss = hierarchical_loss(logits, train_t[idx], taxonomy.structure.parents, loss_cfg)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        model.eval()
+        with torch.inference_mode():
+            nodes = encode_nodes(work, taxonomy, templates)
+        fpa = evaluate_features(val_f, nodes, val_t, taxonomy, backbone.logit_scale)["fpa"]
+        if fpa > best:
+            best, best_state = fpa, {k: v.detach().clone() for k, v in model.text.state_dict().items()}
+    model.text.load_state_dict(best_state)
+    with torch.inference_mode():
+        nodes = encode_nodes(work, taxonomy, templates)
+    return nodes, sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
+
+
+def summarise(runs: list[dict]) -> dict:
+    out = {}
+    for key in (*METRICS, "seconds"):
+        vals = [r[key] for r in runs]
+        out[key] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    levels = list(zip(*[r["level_acc"] for r in runs]))
+    out["level_acc"] = [statistics.mean(v) for v in levels]
+    out["trainable_share"] = runs[0].get("trainable_share", 0.0)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--per-class", type=int, default=100, help="training images per class (full setting)")
+    ap.add_argument("--test-per-class", type=int, default=100)
+    ap.add_argument("--shots", type=int, nargs="*", default=[4, 16], help="few-shot settings (images per leaf)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--full-lr", type=float, default=5e-5, help="learning rate of the full fine-tune")
+    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/quality.json"))
+    ap.add_argument("--quick", action="store_true", help="20 per class, 10 test per class, 1 seed, 2 epochs")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.per_class, args.test_per_class, args.seeds, args.epochs, args.shots = 20, 10, [0], 2, [4]
+    torch.set_num_threads(torch.get_num_threads())
+    work = Path(tempfile.mkdtemp(prefix="hierdemo-quality-"))
+    started = time.perf_counter()
+    try:
+        export_folder(work / "train", per_class=args.per_class, split="train", seed=0)
+        export_folder(work / "test", per_class=args.test_per_class, split="test", seed=0)
+        backbone = load_backbone("embedded", device="cpu")
+        store = FeatureStore()
+        test = scan_image_folder(work / "test", verify=False)
+        taxonomy = test.taxonomy
+        test_f, _ = store.get(backbone, [p for p, _ in test.samples])
+        test_t = targets_for(taxonomy, [leaf for _, leaf in test.samples])
+        predictor = Predictor(backbone)
+
+        def score(nodes) -> dict:
+            return evaluate_features(test_f, nodes, test_t, taxonomy, backbone.logit_scale)
+
+        results: dict[str, dict[str, list[dict]]] = {}
+        zs = score(predictor.node_features(taxonomy)) | {"seconds": 0.0, "trainable_share": 0.0}
+        settings = [("full", None)] + [(f"{k}-shot", k) for k in args.shots]
+        for setting, shots in settings:
+            rows = results.setdefault(setting, {"zero-shot": [zs]})
+            for seed in args.seeds:
+                root = work / "train" if shots is None else few_shot_folder(work / "train", work / f"fs{shots}-{seed}", shots, seed)
+                for loss in LORA_LOSSES:
+                    cfg = TrainConfig(backbone="embedded", loss=loss, epochs=args.epochs, seed=seed, patience=args.epochs)
+                    t0 = time.perf_counter()
+                    res = train(root, work / "adapters" / f"{setting}-{loss}-{seed}", cfg, backbone, feature_store=store)
+                    secs = time.perf_counter() - t0
+                    key = predictor.load_adapter(res.adapter_dir).key
+                    m = score(predictor.node_features(taxonomy, key)) | {
+                        "seconds": secs, "trainable_share": res.trainable_params / res.total_params}
+                    rows.setdefault(f"LoRA + {loss}", []).append(m)
+                    print(f"[{setting} seed {seed}] LoRA {loss:<11} FPA {m['fpa']:.3f} TICE {m['tice']:.3f} ({secs:.0f} s)", file=sys.stderr)
+                cfg = TrainConfig(backbone="embedded", loss="tpkl+hisce", epochs=args.epochs, seed=seed)
+                t0 = time.perf_counter()
+                nodes, trainable, total = full_finetune(backbone, root, cfg, store, args.full_lr)
+                m = score(nodes) | {"seconds": time.perf_counter() - t0, "trainable_share": trainable / total}
+                rows.setdefault("full text-tower FT + tpkl+hisce", []).append(m)
+                print(f"[{setting} seed {seed}] full FT          FPA {m['fpa']:.3f} TICE {m['tice']:.3f}", file=sys.stderr)
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
+                                         "peak_rss_mb": peak_mb, "seconds": time.perf_counter() - started}, indent=1))
+        print(f"Fashion-MNIST, embedded backbone, {args.per_class}/class train pool, {args.test_per_class}/class test, "
+              f"{args.epochs} epochs, seeds {args.seeds}; mean ± std over seeds. Peak RSS {peak_mb:.0f} MB, "
+              f"total {time.perf_counter() - started:.0f} s.\n")
+        for setting, rows in results.items():
+            print(f"### {setting}\n")
+            print("| method | FPA | TICE | wAP | hF1 | acc coarse/mid/fine | trainable | s/run |")
+            print("|---|---|---|---|---|---|---|---|")
+            for method, runs in rows.items():
+                s = summarise(runs)
+                cells = " | ".join(f"{s[k][0]:.3f} ± {s[k][1]:.3f}" for k in METRICS)
+                accs = " / ".join(f"{a:.3f}" for a in s["level_acc"])
+                print(f"| {method} | {cells} | {accs} | {100 * s['trainable_share']:.2f}% | {s['seconds'][0]:.0f} |")
+            print()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
