@@ -364,7 +364,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         seen_version = gr.State(-1)
 
         go_btn.click(lambda *a: predict_one(ctx, *a), [image, adapter, taxonomy_text, mode, threshold, view, expand],
-                     [tree_plot, sib_plot, summary], concurrency_limit=4)
+                     [tree_plot, sib_plot, summary], concurrency_limit=4, api_name="predict")
         cmp_btn.click(lambda *a: compare(ctx, *a), [image, adapter, taxonomy_text, mode], [cmp_a, cmp_md_a, cmp_b, cmp_md_b])
         batch_btn.click(lambda *a: batch_predict(ctx, *a), [batch_files, adapter, taxonomy_text, mode], [batch_table, batch_csv])
 
