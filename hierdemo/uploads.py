@@ -36,6 +36,7 @@ class Limits:
     max_epochs: int = 20  # HIERDEMO_MAX_EPOCHS
     job_seconds: int = 1800  # HIERDEMO_JOB_SECONDS: a training job's time limit
     max_queue: int = 4  # HIERDEMO_MAX_QUEUE: jobs waiting behind the running one
+    min_images_per_class: int = 2  # HIERDEMO_MIN_IMAGES_PER_CLASS: smaller classes are left out and reported
 
     @classmethod
     def from_env(cls) -> "Limits":

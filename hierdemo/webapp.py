@@ -225,7 +225,7 @@ def inspect_upload(ctx: AppContext, upload, previous: str | None):
     work = new_workdir("upload")
     try:
         root = data_root(safe_extract(upload if isinstance(upload, str) else upload.name, work / "data", ctx.limits))
-        scan = scan_image_folder(root, min_per_class=1)
+        scan = scan_image_folder(root, min_per_class=ctx.limits.min_images_per_class)
         if scan.report.images > ctx.limits.max_images:
             raise UploadError(f"refused: {scan.report.images} images (limit {ctx.limits.max_images})")
     except USER_ERRORS as exc:
@@ -247,7 +247,8 @@ def start_job(ctx: AppContext, data_dir, name, loss, epochs, rank, lr, seed, tow
         raise gr.Error(f"At most {ctx.limits.max_epochs} epochs on this server.", print_exception=False)
     try:
         config = TrainConfig(backbone=ctx.backbone_name, loss=loss, epochs=int(epochs), rank=int(rank), alpha=2 * int(rank),
-                             lr=float(lr), seed=int(seed), towers=tuple(towers or ["text"]), max_seconds=ctx.limits.job_seconds)
+                             lr=float(lr), seed=int(seed), towers=tuple(towers or ["text"]), max_seconds=ctx.limits.job_seconds,
+                             min_images_per_class=ctx.limits.min_images_per_class)
         config.validate()
         out = ctx.adapters_dir / unique_name(ctx.adapters_dir, safe_name(name or "my-adapter"))
         work = upload_workdir(data_dir)
