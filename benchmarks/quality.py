@@ -29,7 +29,7 @@ from hierdemo.backbones import load_backbone
 from hierdemo.data import scan_image_folder, stratified_split, targets_for
 from hierdemo.evaluation import FeatureStore, evaluate_features
 from hierdemo.fashion_mnist import export_folder
-from hierdemo.losses import LossConfig, hierarchical_loss
+from hierdemo.losses import hierarchical_loss
 from hierdemo.predict import Predictor
 from hierdemo.scoring import TEMPLATE_SETS, encode_nodes, level_logits
 from hierdemo.training import TrainConfig, seed_everything, train, warmup_cosine

@@ -26,7 +26,6 @@ from PIL import Image
 
 from hierdemo.backbones import load_backbone
 from hierdemo.data import load_image
-from hierdemo.evaluation import FeatureStore
 from hierdemo.fashion_mnist import export_folder
 from hierdemo.figures import sibling_figure, tree_figure
 from hierdemo.predict import Predictor

@@ -10,7 +10,6 @@ import torch
 from hierdemo.adapters import AdapterError, clean_stale_temp_dirs, find_adapters, read_adapter
 from hierdemo.backbones import BackboneError, load_backbone
 from hierdemo.predict import Predictor
-from hierdemo.taxonomy import Taxonomy
 from hierdemo.training import TrainConfig, TrainingCancelled, train
 
 FAST = dict(backbone="tiny-random", epochs=3, batch_size=8, lr=5e-3, patience=5)

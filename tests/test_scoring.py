@@ -1,6 +1,5 @@
 """Decoding modes, sibling probabilities, confident depth and the text-embedding cache."""
 
-import math
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from hierdemo.scoring import (
     node_prompts,
     sibling_probabilities,
 )
-from hierdemo.taxonomy import Taxonomy
 
 
 def logits_for(p0, p1):

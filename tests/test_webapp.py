@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
