@@ -61,6 +61,7 @@ class Backbone:
     lora_targets: dict[str, str]
     note: str = ""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    pad_token_id: int | None = None  # set for masked, mean-pooled text towers: trailing padding is trimmed
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -71,8 +72,14 @@ class Backbone:
         return self.model.encode_image(pixels.to(self.device), normalize=True)
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """L2-normalised text embeddings."""
-        return self.model.encode_text(self.tokenizer(texts).to(self.device), normalize=True)
+        """L2-normalised text embeddings. For a masked mean-pooled tower the columns that are padding in every
+        prompt are cut first: the result is the same, the work shrinks from the context length to the longest
+        prompt."""
+        tokens = self.tokenizer(texts)
+        if self.pad_token_id is not None:
+            used = (tokens != self.pad_token_id).any(dim=0).nonzero()
+            tokens = tokens[:, : int(used.max()) + 1] if len(used) else tokens
+        return self.model.encode_text(tokens.to(self.device), normalize=True)
 
 
 def default_device() -> torch.device:

@@ -153,4 +153,5 @@ def load_embedded(device: torch.device | None = None) -> Backbone:
         tokenizer=tokenizer,
         lora_targets=dict(LORA_TARGETS),
         device=device,
+        pad_token_id=model.text.config.pad_token_id,
     )

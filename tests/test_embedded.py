@@ -74,3 +74,15 @@ def test_vision_tower_lora_trains_on_conv_layers(embedded_backbone, colour_folde
 
     keys = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     assert any("conv_head.lora_A" in k for k in keys) and any("query.lora_A" in k for k in keys)
+
+
+def test_trimming_padding_changes_nothing(embedded_backbone):
+    texts = ["a photo of a sneaker.", "a photo of a very long and oddly specific kind of ankle boot, a type of footwear."]
+    with torch.inference_mode():
+        trimmed = embedded_backbone.encode_texts(texts)
+        pad, embedded_backbone.pad_token_id = embedded_backbone.pad_token_id, None
+        try:
+            full = embedded_backbone.encode_texts(texts)
+        finally:
+            embedded_backbone.pad_token_id = pad
+    assert pad == 0 and torch.allclose(trimmed, full, atol=1e-5)
