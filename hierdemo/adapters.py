@@ -29,6 +29,10 @@ TAXONOMY_FILE = "taxonomy.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_CONFIG_FILE = "adapter_config.json"
 FORMAT = "hierdemo-adapter"
+REQUIRED_FILES = {  # weights file first, then its JSON config
+    "lora": (WEIGHTS_FILE, PEFT_CONFIG_FILE),
+    "lathadapter": ("lathadapter.safetensors", "lathadapter_config.json"),
+}
 TOWERS = ("text", "vision")
 
 
@@ -87,6 +91,10 @@ class AdapterInfo:
         return self.meta["backbone"]
 
     @property
+    def adapter_type(self) -> str:
+        return self.meta.get("adapter_type", "lora")
+
+    @property
     def adapts_text(self) -> bool:
         return "text" in self.meta.get("towers", TOWERS)
 
@@ -96,13 +104,22 @@ class AdapterInfo:
 
 
 def save_adapter(peft_model: PeftModel, out_dir: str | Path, meta: dict, taxonomy: Taxonomy) -> Path:
-    """Write an adapter folder atomically (temp sibling + rename) and return its path."""
+    """Write a LoRA adapter folder atomically and return its path."""
+    return write_adapter_folder(
+        out_dir, {"adapter_type": "lora", **meta}, taxonomy,
+        lambda folder: peft_model.save_pretrained(str(folder), safe_serialization=True),
+    )
+
+
+def write_adapter_folder(out_dir: str | Path, meta: dict, taxonomy: Taxonomy, write_weights) -> Path:
+    """Write ``write_weights(folder)``, the metadata and the taxonomy into a temporary sibling, then rename it to
+    ``out_dir`` (replacing an older one), so a crash never leaves a half-written adapter under that name."""
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
-        peft_model.save_pretrained(str(tmp), safe_serialization=True)
-        (tmp / META_FILE).write_text(json.dumps({"format": FORMAT, "adapter_type": "lora", **meta}, indent=1))
+        write_weights(tmp)
+        (tmp / META_FILE).write_text(json.dumps({"format": FORMAT, **meta}, indent=1))
         (tmp / TAXONOMY_FILE).write_text(taxonomy.to_json())
         replace_dir(tmp, out_dir)
     except BaseException:
@@ -116,24 +133,32 @@ def read_adapter(path: str | Path) -> AdapterInfo:
     path = Path(path).expanduser()
     if not path.is_dir():
         raise AdapterError(f"{path} is not an adapter folder")
-    missing = [f for f in (META_FILE, TAXONOMY_FILE, WEIGHTS_FILE, PEFT_CONFIG_FILE) if not (path / f).is_file()]
+    if not (path / META_FILE).is_file():
+        raise AdapterError(f"{path.name} is not a hierdemo adapter: missing {META_FILE}")
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"{path.name}: damaged adapter files ({exc})") from None
+    kind = meta.get("adapter_type", "lora") if isinstance(meta, dict) else None
+    if kind not in REQUIRED_FILES:
+        raise AdapterError(f"{path.name}: unsupported adapter type {kind!r}")
+    missing = [f for f in (TAXONOMY_FILE, *REQUIRED_FILES[kind]) if not (path / f).is_file()]
     if missing:
         raise AdapterError(f"{path.name} is not a hierdemo adapter: missing {', '.join(missing)}")
     try:
-        meta = json.loads((path / META_FILE).read_text())
-        peft_cfg = json.loads((path / PEFT_CONFIG_FILE).read_text())
+        extra_cfg = json.loads((path / REQUIRED_FILES[kind][1]).read_text())
         taxonomy = Taxonomy.from_nested(json.loads((path / TAXONOMY_FILE).read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise AdapterError(f"{path.name}: damaged adapter files ({exc})") from None
     if meta.get("format") != FORMAT or not isinstance(meta.get("backbone"), str) or "templates" not in meta:
         raise AdapterError(f"{path.name}: {META_FILE} is not a hierdemo adapter description")
-    if meta.get("adapter_type", "lora") != "lora" or peft_cfg.get("peft_type") != "LORA":
-        raise AdapterError(f"{path.name}: unsupported adapter type {meta.get('adapter_type')!r}")
+    if kind == "lora" and extra_cfg.get("peft_type") != "LORA":
+        raise AdapterError(f"{path.name}: {PEFT_CONFIG_FILE} is not a LoRA configuration")
     if meta.get("taxonomy_fingerprint") and meta["taxonomy_fingerprint"] != taxonomy.fingerprint:
         raise AdapterError(f"{path.name}: {TAXONOMY_FILE} does not match the taxonomy the adapter was trained on")
-    h = hashlib.sha256((path / WEIGHTS_FILE).read_bytes())
-    h.update((path / META_FILE).read_bytes())
-    h.update((path / PEFT_CONFIG_FILE).read_bytes())
+    h = hashlib.sha256((path / META_FILE).read_bytes())
+    for name in REQUIRED_FILES[kind]:
+        h.update((path / name).read_bytes())
     return AdapterInfo(path, meta, taxonomy, h.hexdigest()[:16])
 
 
@@ -171,6 +196,7 @@ class AdapterBank:
         self.backbone = backbone
         self.peft: PeftModel | None = None
         self.adapters: dict[str, AdapterInfo] = {}
+        self.heads: dict[str, torch.nn.Module] = {}  # scoring heads of non-LoRA adapters (LatHAdapter)
         self.lock = threading.RLock()
 
     def check_compatible(self, info: AdapterInfo) -> None:
@@ -187,13 +213,18 @@ class AdapterBank:
             if info.key in self.adapters:
                 return self.adapters[info.key]
             try:
-                if self.peft is None:
+                if info.adapter_type == "lathadapter":
+                    from .lathadapter import LatHAdapter
+
+                    self.heads[info.key] = LatHAdapter.load(info.path).to(self.backbone.device)
+                elif self.peft is None:
                     self.peft = PeftModel.from_pretrained(self.backbone.model, str(info.path), adapter_name=info.key)
                 else:
                     self.peft.load_adapter(str(info.path), adapter_name=info.key)
             except Exception as exc:
                 raise AdapterError(f"adapter {info.name!r} does not fit {self.backbone.name}: {str(exc)[:300]}") from None
-            self.peft.eval()
+            if self.peft is not None:
+                self.peft.eval()
             self.adapters[info.key] = info
         return info
 
@@ -201,12 +232,12 @@ class AdapterBank:
     def use(self, key: str | None) -> Iterator[AdapterInfo | None]:
         """Run the enclosed forwards with adapter ``key`` active (``None``: base model, zero-shot)."""
         with self.lock:
-            if key is None:
+            if key is not None and key not in self.adapters:
+                raise AdapterError(f"adapter {key!r} is not loaded")
+            if key is None or key in self.heads:  # heads score on top of the unadapted model
                 ctx = self.peft.disable_adapter() if self.peft is not None else contextlib.nullcontext()
                 with ctx:
-                    yield None
+                    yield self.adapters.get(key) if key else None
                 return
-            if key not in self.adapters:
-                raise AdapterError(f"adapter {key!r} is not loaded")
             self.peft.set_adapter(key)
             yield self.adapters[key]

@@ -62,6 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed, lr=args.lr, batch_size=args.batch_size, towers=tuple(args.towers.split(",")),
         templates=args.templates, lambda_tpkl=args.lambda_tpkl, lambda_hisce=args.lambda_hisce, hisce_eps=args.eps,
         val_fraction=args.val_fraction, patience=args.patience, max_seconds=args.max_seconds,
+        adapter_type=args.adapter_type, attributes=args.attributes, entail_weight=args.entail_weight,
     )
     bars: dict[str, tqdm] = {}
 
@@ -182,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=None,
                    help=f"embedded | tiny-random | MODEL:PRETRAINED | MODEL:/path/ckpt (default: {DEFAULT_BACKBONE}, "
                         "falling back to embedded offline)")
+    p.add_argument("--adapter-type", choices=["lora", "lathadapter"], default="lora",
+                   help="LoRA on the towers, or LatHAdapter (hyperbolic attribute adapter on frozen features)")
+    p.add_argument("--attributes", type=int, default=16, help="LatHAdapter: number of attribute prompts")
+    p.add_argument("--entail-weight", type=float, default=0.1, help="LatHAdapter: entailment-cone regulariser weight")
     p.add_argument("--loss", choices=LOSS_NAMES, default="tpkl+hisce")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--rank", type=int, default=8)

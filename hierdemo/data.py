@@ -138,6 +138,8 @@ def scan_image_folder(root: str | Path, verify: bool = True, min_per_class: int 
             children = [c for c in folder.iterdir() if not is_ignored_name(c.name)]
             if not children:
                 report.empty_folders.append(folder.relative_to(root).as_posix())
+    if not counts:
+        raise DataError(f"no readable images in class folders under {root.name} ({report.summary()})")
     small = {leaf for leaf, n in counts.items() if n < min_per_class}
     for leaf in sorted(small):
         report.skipped[leaf + "/"] = f"class with fewer than {min_per_class} images"
@@ -145,8 +147,8 @@ def scan_image_folder(root: str | Path, verify: bool = True, min_per_class: int 
     train = keep(train)
     val = keep(val) if val is not None else None
     leaves = sorted({leaf for _, leaf in train + (val or [])})
-    if not leaves:
-        raise DataError(f"no readable images in class folders under {root.name} ({report.summary()})")
+    if len(leaves) < 2 and small:
+        raise DataError(f"fewer than two classes have at least {min_per_class} images ({report.summary()})")
     if len(leaves) < 2:
         raise DataError(f"only one class ({leaves[0]!r}) has images; at least two are needed ({report.summary()})")
     try:

@@ -45,7 +45,7 @@ def extract_features(
                 progress(done, len(paths))
     if feats is None:
         feats = torch.zeros(len(paths), 1)
-    return feats, ok
+    return feats.clone() if feats.is_inference() else feats, ok  # usable in autograd (trainable heads)
 
 
 class FeatureStore:
@@ -82,9 +82,15 @@ def evaluate_features(
 ) -> dict:
     """Metrics of the independent per-level predictions (FPA, TICE, wAP, level accuracy, hP/hR/hF1), plus FPA
     of the two consistent decodings (``fpa_consistent``, ``fpa_leaf_marginal``)."""
+    with torch.inference_mode():
+        logits = level_logits(image_features, node_features, taxonomy.structure, logit_scale)
+    return evaluate_logits(logits, targets, taxonomy)
+
+
+def evaluate_logits(logits: list[torch.Tensor], targets: torch.Tensor, taxonomy: Taxonomy) -> dict:
+    """The metrics of :func:`evaluate_features` from per-level logits (any scoring head)."""
     s = taxonomy.structure
     with torch.inference_mode():
-        logits = level_logits(image_features, node_features, s, logit_scale)
         pred, _ = decode(logits, s, "independent")
         report = hierarchical_report(pred.cpu(), targets, s.parents, s.node_index, s.num_nodes)
         for mode, key in (("consistent", "fpa_consistent"), ("leaf-marginal", "fpa_leaf_marginal")):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from .adapters import AdapterBank, AdapterError, AdapterInfo
 from .data import load_image
-from .evaluation import evaluate_features, extract_features
+from .evaluation import evaluate_logits, extract_features
 from .scoring import DEFAULT_TEMPLATES, PathPrediction, TextEmbeddingCache, decode, explain, level_logits
 from .taxonomy import Taxonomy
 
@@ -37,6 +37,14 @@ class Predictor:
         text_key = info.key if info and info.adapts_text else "zero-shot"
         return info, taxonomy, templates, text_key
 
+    def level_logits(self, adapter: str | None, image_feats: torch.Tensor, node_feats: torch.Tensor, taxonomy: Taxonomy) -> list[torch.Tensor]:
+        """Per-level logits: the adapter's own scoring head (LatHAdapter) or scaled cosine similarity."""
+        head = self.bank.heads.get(adapter) if adapter else None
+        with torch.inference_mode():
+            if head is not None:
+                return head.level_logits(image_feats, node_feats, taxonomy.structure)
+            return level_logits(image_feats, node_feats, taxonomy.structure, self.backbone.logit_scale)
+
     def node_features(self, taxonomy: Taxonomy, adapter: str | None = None, templates: Sequence[str] | None = None) -> torch.Tensor:
         info, taxonomy, templates, text_key = self._resolve(adapter, taxonomy, templates)
         with self.bank.use(adapter):
@@ -60,7 +68,7 @@ class Predictor:
             feats = self.backbone.encode_images(pixels)
             nodes = self.cache.get(self.backbone, taxonomy, templates, text_key)
         s = taxonomy.structure
-        logits = level_logits(feats, nodes, s, self.backbone.logit_scale)
+        logits = self.level_logits(adapter, feats, nodes, taxonomy)
         pred, probs = decode(logits, s, mode)
         preds = [explain(taxonomy, pred[i], [p[i] for p in probs], mode, threshold) for i in range(len(images))]
         return taxonomy, preds, probs, logits
@@ -82,6 +90,6 @@ class Predictor:
         if not ok.any():
             raise ValueError("none of the images could be read")
         targets = targets_for(taxonomy, leaves)
-        report = evaluate_features(feats[ok], nodes, targets[ok], taxonomy, self.backbone.logit_scale)
+        report = evaluate_logits(self.level_logits(adapter, feats[ok], nodes, taxonomy), targets[ok], taxonomy)
         report["skipped_images"] = int((~ok).sum())
         return report

@@ -23,14 +23,15 @@ import numpy as np
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-from .adapters import LoraSettings, attach_lora, parameter_counts, save_adapter
+from .adapters import LoraSettings, attach_lora, parameter_counts, save_adapter, write_adapter_folder
 from .backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from .data import DataError, ImageDataset, collate_skip_none, scan_image_folder, stratified_split, targets_for
-from .evaluation import FeatureStore, evaluate_features, extract_features
+from .evaluation import FeatureStore, evaluate_features, evaluate_logits, extract_features
 from .losses import LossConfig, hierarchical_loss
 from .scoring import TEMPLATE_SETS, encode_nodes, level_logits
 
 ProgressCallback = Callable[[dict], None]
+ADAPTER_TYPES = ("lora", "lathadapter")
 
 
 class TrainingCancelled(RuntimeError):
@@ -57,6 +58,9 @@ class TrainConfig:
     val_fraction: float = 0.2
     patience: int = 3
     cache_features: bool = True
+    adapter_type: str = "lora"  # or "lathadapter"
+    attributes: int = 16  # LatHAdapter: number of attribute prompts
+    entail_weight: float = 0.1  # LatHAdapter: weight of the entailment-cone regulariser
     max_seconds: float | None = None
     min_images_per_class: int = 1
 
@@ -69,6 +73,8 @@ class TrainConfig:
     def validate(self) -> None:
         self.loss_config()
         self.lora_settings()
+        if self.adapter_type not in ADAPTER_TYPES:
+            raise ValueError(f"adapter type must be one of {', '.join(ADAPTER_TYPES)}")
         if self.templates not in TEMPLATE_SETS:
             raise ValueError(f"templates must be one of {', '.join(TEMPLATE_SETS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -92,6 +98,114 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class LoraLearner:
+    """LoRA (peft) on the chosen towers of a copy of the backbone."""
+
+    def __init__(self, base: Backbone, taxonomy, templates, config: TrainConfig):
+        self.model = copy.deepcopy(base.model)
+        self.peft = attach_lora(self.model, base, config.lora_settings())
+        self.work = dataclasses.replace(base, model=self.model)
+        self.taxonomy, self.templates, self.scale = taxonomy, templates, base.logit_scale
+        self.towers = list(config.towers)
+        self.needs_pixels = "vision" in config.towers
+        self.fixed_nodes = None
+        if "text" not in config.towers:
+            with torch.inference_mode():
+                self.fixed_nodes = encode_nodes(base, taxonomy, templates)
+
+    def counts(self) -> tuple[int, int]:
+        return parameter_counts(self.model)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def train(self, on: bool) -> None:
+        self.model.train(on)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.work.encode_images(pixels)
+
+    def nodes(self) -> torch.Tensor:
+        return self.fixed_nodes if self.fixed_nodes is not None else encode_nodes(self.work, self.taxonomy, self.templates)
+
+    def level_logits(self, image_feats: torch.Tensor) -> list[torch.Tensor]:
+        return level_logits(image_feats, self.nodes(), self.taxonomy.structure, self.scale)
+
+    def regulariser(self, image_feats: torch.Tensor, leaf_nodes: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def evaluate(self, image_feats: torch.Tensor, targets: torch.Tensor) -> dict:
+        with torch.inference_mode():
+            nodes = self.nodes()
+        return evaluate_features(image_feats, nodes, targets, self.taxonomy, self.scale)
+
+    def state(self) -> dict:
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft).items()}
+
+    def restore(self, state: dict) -> None:
+        set_peft_model_state_dict(self.peft, state)
+
+    def save(self, out_dir, meta: dict, taxonomy) -> Path:
+        return save_adapter(self.peft, out_dir, meta, taxonomy)
+
+
+class LatHLearner:
+    """A :class:`hierdemo.lathadapter.LatHAdapter` on frozen image and class-text features."""
+
+    needs_pixels = False
+    towers: list[str] = []
+
+    def __init__(self, base: Backbone, taxonomy, templates, config: TrainConfig):
+        from .lathadapter import LatHAdapter, LatHConfig, taxonomy_edges
+
+        with torch.inference_mode():
+            nodes = encode_nodes(base, taxonomy, templates)
+        self.node_feats = nodes.clone()  # a normal tensor: the head's layers save it for backward
+        gen = torch.Generator().manual_seed(config.seed)
+        # attributes start as noisy mixtures of class embeddings, so they begin in the text region
+        mix = torch.rand(config.attributes, len(self.node_feats), generator=gen).softmax(dim=1)
+        init = mix.to(self.node_feats.device) @ self.node_feats + 0.05 * torch.randn(
+            config.attributes, self.node_feats.shape[1], generator=gen).to(self.node_feats.device)
+        self.head = LatHAdapter(self.node_feats.shape[1], LatHConfig(attributes=config.attributes,
+                                entail_weight=config.entail_weight), init_attributes=init).to(base.device)
+        self.edges = taxonomy_edges(taxonomy).to(base.device)
+        self.structure, self.taxonomy = taxonomy.structure, taxonomy
+        self.base_params = sum(p.numel() for p in base.model.parameters())
+        self.entail_weight = config.entail_weight
+
+    def counts(self) -> tuple[int, int]:
+        n = sum(p.numel() for p in self.head.parameters() if p.requires_grad)
+        return n, n + self.base_params
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for p in self.head.parameters() if p.requires_grad]
+
+    def train(self, on: bool) -> None:
+        self.head.train(on)
+
+    def level_logits(self, image_feats: torch.Tensor) -> list[torch.Tensor]:
+        return self.head.level_logits(image_feats, self.node_feats, self.structure)
+
+    def regulariser(self, image_feats: torch.Tensor, leaf_nodes: torch.Tensor) -> torch.Tensor | None:
+        if self.entail_weight <= 0:
+            return None
+        return self.entail_weight * self.head.hierarchy_loss(image_feats, self.node_feats, leaf_nodes, self.edges)
+
+    def evaluate(self, image_feats: torch.Tensor, targets: torch.Tensor) -> dict:
+        with torch.inference_mode():
+            logits = self.level_logits(image_feats)
+        return evaluate_logits(logits, targets, self.taxonomy)
+
+    def state(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.head.state_dict().items()}
+
+    def restore(self, state: dict) -> None:
+        self.head.load_state_dict(state)
+
+    def save(self, out_dir, meta: dict, taxonomy) -> Path:
+        return write_adapter_folder(out_dir, meta, taxonomy, self.head.save)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
@@ -149,8 +263,6 @@ def train(
     train_targets = targets_for(taxonomy, [leaf for _, leaf in train_samples])
     val_targets = targets_for(taxonomy, [leaf for _, leaf in val_samples])
     scale = base.logit_scale
-    adapt_vision = "vision" in config.towers
-    use_cache = config.cache_features and not adapt_vision
 
     def feature_progress(stage: str):
         return lambda done, total: _emit(progress, event="features", stage=stage, done=done, total=total)
@@ -164,25 +276,21 @@ def train(
     zero_shot = evaluate_features(val_feats[val_ok], zs_nodes, val_targets[val_ok.cpu()], taxonomy, scale)
     _emit(progress, event="zero_shot", metrics=zero_shot)
 
-    model = copy.deepcopy(base.model)
-    peft_model = attach_lora(model, base, config.lora_settings())
-    work = dataclasses.replace(base, model=model)
-    trainable, total = parameter_counts(model)
+    learner = (LatHLearner if config.adapter_type == "lathadapter" else LoraLearner)(base, taxonomy, templates, config)
+    trainable, total = learner.counts()
     _emit(progress, event="stage", stage="training", trainable=trainable, total=total)
 
+    use_cache = config.cache_features and not learner.needs_pixels
     if use_cache:
         train_feats, train_ok = frozen(base, [p for p, _ in train_samples], progress=feature_progress("training features"))
         keep = train_ok.nonzero().flatten()
-        fixed_nodes = None
     else:
         keep = torch.arange(len(train_samples))
-        with torch.inference_mode():
-            fixed_nodes = None if "text" in config.towers else encode_nodes(base, taxonomy, templates)
+    train_leaf_nodes = torch.tensor([taxonomy.node_index[leaf] for _, leaf in train_samples], dtype=torch.long)
     n_train = len(keep)
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
     total_steps = steps_per_epoch * config.epochs
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(learner.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = warmup_cosine(optimizer, total_steps, config.warmup_fraction)
     loss_cfg = config.loss_config()
     parents = [p.to(base.device) for p in structure.parents]
@@ -192,7 +300,7 @@ def train(
     stopped_early = ""
     generator = torch.Generator().manual_seed(config.seed)
     for epoch in range(1, config.epochs + 1):
-        model.train()
+        learner.train(True)
         epoch_loss, seen = 0.0, 0
         if use_cache:
             batches = (keep[idx] for idx in torch.randperm(n_train, generator=generator).split(config.batch_size))
@@ -212,10 +320,13 @@ def train(
                 if batch is None:
                     continue
                 pixels, idx = batch
-                img = work.encode_images(pixels)
-            nodes = fixed_nodes if fixed_nodes is not None else encode_nodes(work, taxonomy, templates)
-            logits = level_logits(img, nodes, structure, scale)
+                img = learner.encode_pixels(pixels)
+            logits = learner.level_logits(img)
             terms = hierarchical_loss(logits, train_targets[idx].to(base.device), parents, loss_cfg)
+            reg = learner.regulariser(img, train_leaf_nodes[idx].to(base.device))
+            if reg is not None:
+                terms["hierarchy"] = reg
+                terms["loss"] = terms["loss"] + reg
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
@@ -228,18 +339,16 @@ def train(
             if config.max_seconds and time.perf_counter() - started > config.max_seconds:
                 stopped_early = f"time limit of {config.max_seconds:.0f} s reached in epoch {epoch}"
                 break
-        model.eval()
-        with torch.inference_mode():
-            nodes = encode_nodes(work, taxonomy, templates)
-        if not use_cache:
-            val_feats, val_ok = extract_features(work, [p for p, _ in val_samples])
-        metrics = evaluate_features(val_feats[val_ok], nodes, val_targets[val_ok.cpu()], taxonomy, scale)
+        learner.train(False)
+        if learner.needs_pixels:
+            val_feats, val_ok = extract_features(learner.work, [p for p, _ in val_samples])
+        metrics = learner.evaluate(val_feats[val_ok], val_targets[val_ok.cpu()])
         record = {"epoch": epoch, "train_loss": epoch_loss / max(1, seen), **metrics}
         history.append(record)
         _emit(progress, event="epoch", **record)
         if metrics["fpa"] > best_fpa:
             best_fpa, best_metrics, bad_epochs = metrics["fpa"], metrics, 0
-            best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+            best_state = learner.state()
         else:
             bad_epochs += 1
         if stopped_early:
@@ -248,11 +357,12 @@ def train(
             stopped_early = f"no validation FPA gain for {config.patience} epochs (best {best_fpa:.3f})"
             break
 
-    set_peft_model_state_dict(peft_model, best_state)
+    learner.restore(best_state)
     _emit(progress, event="stage", stage="saving adapter")
     meta = {
         "backbone": base.name,
-        "towers": list(config.towers),
+        "adapter_type": config.adapter_type,
+        "towers": learner.towers,
         "templates": list(templates),
         "taxonomy_fingerprint": taxonomy.fingerprint,
         "train_config": asdict(config),
@@ -267,7 +377,7 @@ def train(
         "stopped_early": stopped_early,
         "name": Path(out_dir).name,
     }
-    adapter_dir = save_adapter(peft_model, out_dir, meta, taxonomy)
+    adapter_dir = learner.save(out_dir, meta, taxonomy)
     result = TrainResult(
         adapter_dir, zero_shot, best_metrics, history, trainable, total, time.perf_counter() - started, n_train, stopped_early
     )

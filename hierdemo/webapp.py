@@ -68,7 +68,7 @@ class AppContext:
     def adapter_choices(self) -> list[tuple[str, str]]:
         found = [a for a in find_adapters(self.adapters_dir) if a.backbone == self.backbone_name]
         return [(ZERO_SHOT, ZERO_SHOT)] + [
-            (f"{a.name} (FPA {a.meta.get('metrics', {}).get('fpa', 0):.2f})", str(a.path)) for a in found
+            (f"{a.name} ({a.adapter_type}, FPA {a.meta.get('metrics', {}).get('fpa', 0):.2f})", str(a.path)) for a in found
         ]
 
     def adapter_key(self, choice: str | None) -> str | None:
@@ -240,7 +240,7 @@ def inspect_upload(ctx: AppContext, upload, previous: str | None):
     return taxonomy_figure(scan.taxonomy, scan.report.per_class), table, report, str(root)
 
 
-def start_job(ctx: AppContext, data_dir, name, loss, epochs, rank, lr, seed, towers):
+def start_job(ctx: AppContext, data_dir, name, loss, epochs, rank, lr, seed, towers, adapter_type="lora"):
     if not data_dir:
         raise gr.Error("Upload a zip of labelled class folders first.", print_exception=False)
     if int(epochs) > ctx.limits.max_epochs:
@@ -248,7 +248,7 @@ def start_job(ctx: AppContext, data_dir, name, loss, epochs, rank, lr, seed, tow
     try:
         config = TrainConfig(backbone=ctx.backbone_name, loss=loss, epochs=int(epochs), rank=int(rank), alpha=2 * int(rank),
                              lr=float(lr), seed=int(seed), towers=tuple(towers or ["text"]), max_seconds=ctx.limits.job_seconds,
-                             min_images_per_class=ctx.limits.min_images_per_class)
+                             min_images_per_class=ctx.limits.min_images_per_class, adapter_type=adapter_type)
         config.validate()
         out = ctx.adapters_dir / unique_name(ctx.adapters_dir, safe_name(name or "my-adapter"))
         work = upload_workdir(data_dir)
@@ -350,6 +350,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 lr = gr.Number(1e-3, label="Learning rate")
                 seed = gr.Number(0, precision=0, label="Seed")
                 towers = gr.CheckboxGroup(["text", "vision"], value=["text"], label="LoRA on")
+                adapter_type = gr.Radio(["lora", "lathadapter"], value="lora", label="Adapter type", elem_id="adapter-type")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="start-button")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
@@ -382,7 +383,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         adapter_zip.upload(add_adapter, adapter_zip, adapter)
         data_zip.change(lambda up, prev: inspect_upload(ctx, up, prev), [data_zip, upload_state],
                         [taxonomy_plot, counts, upload_report, upload_state])
-        start.click(lambda *a: start_job(ctx, *a), [upload_state, name, loss, epochs, rank, lr, seed, towers],
+        start.click(lambda *a: start_job(ctx, *a), [upload_state, name, loss, epochs, rank, lr, seed, towers, adapter_type],
                     [job_state, upload_state])
         cancel.click(lambda j: ctx.jobs.cancel(j or getattr(ctx.jobs.latest(), "id", 0)) and None, job_state, None)
 

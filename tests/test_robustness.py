@@ -53,4 +53,4 @@ def test_app_leaves_out_small_classes_and_says_so(tmp_path, tiny_backbone):
     make_image_folder(tmp_path / "y" / "d", {"a": (1, 2, 3), "b": (4, 5, 6)}, per_class=1)
     archive = shutil.make_archive(str(tmp_path / "up2"), "zip", tmp_path / "y", "d")
     _, _, report, state = inspect_upload(ctx, archive, None)
-    assert state is None and "no readable images" in report
+    assert state is None and "fewer than two classes have at least 2 images" in report

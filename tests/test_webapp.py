@@ -106,6 +106,7 @@ def test_inspect_upload_reports_problems(setup, tmp_path):
     one = tmp_path / "one.zip"
     with zipfile.ZipFile(one, "w") as zf:
         zf.writestr("d/cats/a.png", (data / "warm/red/img0.png").read_bytes())
+        zf.writestr("d/cats/b.png", (data / "warm/red/img1.png").read_bytes())
     fig, table, report, state = inspect_upload(ctx, str(one), None)
     assert state is None and "only one class" in report
     good = shutil.make_archive(str(tmp_path / "good"), "zip", data.parent, data.name)
