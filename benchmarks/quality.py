@@ -6,6 +6,8 @@ images. Prints a markdown table (mean ± standard deviation over seeds) and writ
 
     python benchmarks/quality.py                 # 100 images per class, few-shot 4 and 16, 3 seeds
     python benchmarks/quality.py --quick         # a smaller run for a smoke test
+    python benchmarks/quality.py --skip-full-setting --shots 1 4 16 --base-to-novel 16 \
+        --methods lora:tpkl+hisce lath:tpkl+hisce --json benchmarks/results/fewshot.json   # LatHAdapter vs LoRA
 """
 
 from __future__ import annotations
@@ -27,19 +29,20 @@ import torch
 
 from hierdemo.backbones import load_backbone
 from hierdemo.data import scan_image_folder, stratified_split, targets_for
-from hierdemo.evaluation import FeatureStore, evaluate_features
+from hierdemo.evaluation import FeatureStore, evaluate_features, evaluate_logits
 from hierdemo.fashion_mnist import export_folder
 from hierdemo.losses import hierarchical_loss
 from hierdemo.predict import Predictor
 from hierdemo.scoring import TEMPLATE_SETS, encode_nodes, level_logits
+from hierdemo.taxonomy import Taxonomy
 from hierdemo.training import TrainConfig, seed_everything, train, warmup_cosine
 
 LORA_LOSSES = ("flat", "levels", "tpkl", "hisce", "tpkl+hisce")
 METRICS = ("fpa", "tice", "wap", "hf1")
 
 
-def few_shot_folder(source: Path, dest: Path, shots: int, seed: int) -> Path:
-    """Copy ``shots`` images per leaf (seeded) from a class folder."""
+def few_shot_folder(source: Path, dest: Path, shots: int, seed: int, only: list[str] | None = None) -> Path:
+    """Copy ``shots`` images per leaf (seeded) from a class folder, of the ``only`` leaves when given."""
     import random
 
     rng = random.Random(seed)
@@ -47,7 +50,9 @@ def few_shot_folder(source: Path, dest: Path, shots: int, seed: int) -> Path:
     by_leaf: dict[str, list[Path]] = {}
     for path, leaf in data.samples:
         by_leaf.setdefault(leaf, []).append(path)
-    for leaf, paths in by_leaf.items():
+    for leaf, paths in sorted(by_leaf.items()):
+        if only is not None and leaf not in only:
+            continue
         for p in rng.sample(sorted(paths), min(shots, len(paths))):
             target = dest / p.relative_to(source)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--full-lr", type=float, default=5e-5, help="learning rate of the full fine-tune")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/quality.json"))
+    ap.add_argument("--methods", nargs="+", default=[f"lora:{loss}" for loss in LORA_LOSSES] + ["full:tpkl+hisce"],
+                    help="lora:LOSS, lath:LOSS (LatHAdapter) or full:LOSS (full text-tower fine-tune)")
+    ap.add_argument("--base-to-novel", type=int, default=0, metavar="SHOTS",
+                    help="also train on half the leaves with SHOTS images each and test on the other half")
+    ap.add_argument("--skip-full-setting", action="store_true", help="only the few-shot and base-to-novel settings")
     ap.add_argument("--quick", action="store_true", help="20 per class, 10 test per class, 1 seed, 2 epochs")
     args = ap.parse_args(argv)
     if args.quick:
@@ -133,37 +143,66 @@ def main(argv: list[str] | None = None) -> int:
         backbone = load_backbone("embedded", device="cpu")
         store = FeatureStore()
         test = scan_image_folder(work / "test", verify=False)
-        taxonomy = test.taxonomy
         test_f, _ = store.get(backbone, [p for p, _ in test.samples])
-        test_t = targets_for(taxonomy, [leaf for _, leaf in test.samples])
         predictor = Predictor(backbone)
+        leaves = sorted(test.taxonomy.leaves)
+        split = {"base": leaves[0::2], "novel": leaves[1::2]}  # base-to-novel: every other leaf
 
-        def score(nodes) -> dict:
-            return evaluate_features(test_f, nodes, test_t, taxonomy, backbone.logit_scale)
+        def test_part(part: str | None):
+            """Test features, targets and taxonomy: all leaves, or the base or novel half."""
+            keep = [i for i, (_, leaf) in enumerate(test.samples) if part is None or leaf in split[part]]
+            tax = test.taxonomy if part is None else Taxonomy.from_paths(split[part])
+            targets = targets_for(tax, [test.samples[i][1] for i in keep])
+            return test_f[keep], targets, tax
+
+        parts = {None: test_part(None), "base": test_part("base"), "novel": test_part("novel")}
+
+        def score(key: str | None = None, part: str | None = None, nodes=None) -> dict:
+            feats, targets, tax = parts[part]
+            if nodes is not None:  # the full fine-tune's own text embeddings
+                return evaluate_features(feats, nodes, targets, tax, backbone.logit_scale)
+            logits = predictor.level_logits(key, feats, predictor.node_features(tax, key), tax)
+            return evaluate_logits(logits, targets, tax)
+
+        def score_setting(setting: str, key: str | None = None, nodes=None) -> dict:
+            if setting != "base-to-novel":
+                return score(key, None, nodes)
+            base, novel = score(key, "base", nodes), score(key, "novel", nodes)
+            hm = lambda a, b: 2 * a * b / (a + b) if a + b else 0.0  # noqa: E731
+            fine = (base["level_acc"][-1], novel["level_acc"][-1])
+            return novel | {"base_fine_acc": fine[0], "novel_fine_acc": fine[1], "hm_fine_acc": hm(*fine),
+                            "base_fpa": base["fpa"], "hm_fpa": hm(base["fpa"], novel["fpa"])}
 
         results: dict[str, dict[str, list[dict]]] = {}
-        zs = score(predictor.node_features(taxonomy)) | {"seconds": 0.0, "trainable_share": 0.0}
-        settings = [("full", None)] + [(f"{k}-shot", k) for k in args.shots]
+        settings = ([("full", None)] if not args.skip_full_setting else []) + [(f"{k}-shot", k) for k in args.shots]
+        settings += [("base-to-novel", args.base_to_novel)] if args.base_to_novel else []
         for setting, shots in settings:
-            rows = results.setdefault(setting, {"zero-shot": [zs]})
+            rows = results.setdefault(setting, {"zero-shot": [score_setting(setting) | {"seconds": 0.0, "trainable_share": 0.0}]})
             for seed in args.seeds:
-                root = work / "train" if shots is None else few_shot_folder(work / "train", work / f"fs{shots}-{seed}", shots, seed)
-                for loss in LORA_LOSSES:
-                    cfg = TrainConfig(backbone="embedded", loss=loss, epochs=args.epochs, seed=seed, patience=args.epochs)
+                root = work / "train"
+                if setting == "base-to-novel":
+                    root = few_shot_folder(work / "train", work / f"b2n-{seed}", shots, seed, only=split["base"])
+                elif shots is not None:
+                    root = few_shot_folder(work / "train", work / f"fs{shots}-{seed}", shots, seed)
+                for method in args.methods:
+                    kind, _, loss = method.partition(":")
                     t0 = time.perf_counter()
-                    res = train(root, work / "adapters" / f"{setting}-{loss}-{seed}", cfg, backbone, feature_store=store)
+                    if kind == "full":
+                        cfg = TrainConfig(backbone="embedded", loss=loss, epochs=args.epochs, seed=seed)
+                        nodes, trainable, total = full_finetune(backbone, root, cfg, store, args.full_lr)
+                        m = score_setting(setting, nodes=nodes)
+                        label = f"full text-tower FT + {loss}"
+                    else:
+                        cfg = TrainConfig(backbone="embedded", loss=loss, epochs=args.epochs, seed=seed, patience=args.epochs,
+                                          adapter_type="lathadapter" if kind == "lath" else "lora")
+                        res = train(root, work / "adapters" / f"{setting}-{method}-{seed}", cfg, backbone, feature_store=store)
+                        trainable, total = res.trainable_params, res.total_params
+                        m = score_setting(setting, predictor.load_adapter(res.adapter_dir).key)
+                        label = f"{'LatHAdapter' if kind == 'lath' else 'LoRA'} + {loss}"
                     secs = time.perf_counter() - t0
-                    key = predictor.load_adapter(res.adapter_dir).key
-                    m = score(predictor.node_features(taxonomy, key)) | {
-                        "seconds": secs, "trainable_share": res.trainable_params / res.total_params}
-                    rows.setdefault(f"LoRA + {loss}", []).append(m)
-                    print(f"[{setting} seed {seed}] LoRA {loss:<11} FPA {m['fpa']:.3f} TICE {m['tice']:.3f} ({secs:.0f} s)", file=sys.stderr)
-                cfg = TrainConfig(backbone="embedded", loss="tpkl+hisce", epochs=args.epochs, seed=seed)
-                t0 = time.perf_counter()
-                nodes, trainable, total = full_finetune(backbone, root, cfg, store, args.full_lr)
-                m = score(nodes) | {"seconds": time.perf_counter() - t0, "trainable_share": trainable / total}
-                rows.setdefault("full text-tower FT + tpkl+hisce", []).append(m)
-                print(f"[{setting} seed {seed}] full FT          FPA {m['fpa']:.3f} TICE {m['tice']:.3f}", file=sys.stderr)
+                    rows.setdefault(label, []).append(m | {"seconds": secs, "trainable_share": trainable / total})
+                    print(f"[{setting} seed {seed}] {label:<32} FPA {m['fpa']:.3f} TICE {m['tice']:.3f} ({secs:.0f} s)",
+                          file=sys.stderr)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
@@ -173,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
               f"total {time.perf_counter() - started:.0f} s.\n")
         for setting, rows in results.items():
             print(f"### {setting}\n")
+            if setting == "base-to-novel":
+                print("| method | base fine acc | novel fine acc | HM | base FPA | novel FPA | HM FPA |")
+                print("|---|---|---|---|---|---|---|")
+                for method, runs in rows.items():
+                    mean = {k: statistics.mean(r[k] for r in runs) for k in ("base_fine_acc", "novel_fine_acc", "hm_fine_acc", "base_fpa", "fpa", "hm_fpa")}
+                    print(f"| {method} | " + " | ".join(f"{mean[k]:.3f}" for k in mean) + " |")
+                print()
+                continue
             print("| method | FPA | TICE | wAP | hF1 | acc coarse/mid/fine | trainable | s/run |")
             print("|---|---|---|---|---|---|---|---|")
             for method, runs in rows.items():

@@ -40,7 +40,7 @@ WEIGHTS_FILE = "lathadapter.safetensors"
 @dataclass(frozen=True)
 class LatHConfig:
     attributes: int = 16
-    hidden: int = 256
+    hidden: int = 64
     curvature: float = 1.0
     learn_curvature: bool = True
     entail_weight: float = 0.1
