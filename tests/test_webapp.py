@@ -154,3 +154,19 @@ def test_cancel_a_running_job(setup, tmp_path):
         time.sleep(0.1)
     assert ctx.jobs.jobs[job_id].status == "cancelled"
     assert not (ctx.adapters_dir / "cancelled-one").exists()
+
+
+def test_lathadapter_job_from_the_app(setup, tmp_path):
+    _, data, ctx = setup
+    good = shutil.make_archive(str(tmp_path / "l"), "zip", data.parent, data.name)
+    _, _, _, state = inspect_upload(ctx, good, None)
+    job_id, _ = start_job(ctx, state, "hyper", "tpkl+hisce", 1, 4, 1e-3, 0, ["text"], "lathadapter")
+    end = time.time() + 120
+    while ctx.jobs.jobs[job_id].status in ("queued", "running") and time.time() < end:
+        time.sleep(0.2)
+    assert ctx.jobs.jobs[job_id].status == "done", ctx.jobs.jobs[job_id].error
+    label, value = next((lbl, v) for lbl, v in ctx.adapter_choices() if v.endswith("hyper"))
+    assert "lathadapter" in label
+    image = Image.open(next((data / "warm" / "red").iterdir()))
+    _, _, md = predict_one(ctx, image, value, "", "consistent", 0.0, "tree", False)
+    assert "adapter `hyper`" in md
