@@ -1,8 +1,9 @@
-"""Fine-tune LoRA adapters with hierarchy-aware losses on a nested image folder.
+"""Fine-tune adapters with hierarchy-aware losses on a nested image folder.
 
-``train`` runs the whole job: scan and split the data, measure zero-shot, attach LoRA to a copy of the backbone,
-optimise (AdamW, warm-up + cosine schedule), evaluate each epoch, keep the best epoch by validation FPA (early
-stop), and save the adapter folder atomically. It reports through a progress callback and stops cleanly when a
+``train`` runs the whole job: scan and split the data, measure zero-shot, build a learner (:class:`LoraLearner`:
+LoRA on a copy of the backbone; :class:`LatHLearner`: a LatHAdapter head on frozen features), optimise (AdamW,
+warm-up + cosine schedule), evaluate each epoch, keep the best epoch by validation FPA (early stop), and save the
+adapter folder atomically. It reports through a progress callback and stops cleanly when a
 cancel event is set (nothing is written then). With only the text tower adapted, image features are computed
 once and reused (``cache_features``), which makes CPU training fast.
 """
@@ -174,6 +175,12 @@ class LatHLearner:
         self.structure, self.taxonomy = taxonomy.structure, taxonomy
         self.base_params = sum(p.numel() for p in base.model.parameters())
         self.entail_weight = config.entail_weight
+        self.base = base
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Frozen image features of an (augmented) batch, when features are not cached."""
+        with torch.no_grad():
+            return self.base.encode_images(pixels)
 
     def counts(self) -> tuple[int, int]:
         n = sum(p.numel() for p in self.head.parameters() if p.requires_grad)

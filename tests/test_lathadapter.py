@@ -104,3 +104,10 @@ def test_cli_trains_lathadapter(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(data), "--adapter", str(tmp_path / "ad"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_images"] == 16
+
+
+def test_lathadapter_trains_without_cached_features(tmp_path, tiny_backbone):
+    data = make_image_folder(tmp_path / "d", COLOUR_CLASSES, per_class=4)
+    cfg = TrainConfig(**{**FAST, "epochs": 1}, cache_features=False)
+    result = train(data, tmp_path / "ad", cfg, tiny_backbone)
+    assert result.history and (tmp_path / "ad" / "lathadapter.safetensors").exists()
