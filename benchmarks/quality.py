@@ -8,6 +8,9 @@ images. Prints a markdown table (mean ± standard deviation over seeds) and writ
     python benchmarks/quality.py --quick         # a smaller run for a smoke test
     python benchmarks/quality.py --skip-full-setting --shots 1 4 16 --base-to-novel 16 \
         --methods lora:tpkl+hisce lath:tpkl+hisce --json benchmarks/results/fewshot.json   # LatHAdapter vs LoRA
+    python benchmarks/quality.py --skip-full-setting --shots 16 --methods lora:levels lora:tpkl+hisce \
+        lora:tpkl+hisce:lambda_tpkl=2 lora:tpkl+hisce:hisce_eps=0.3 lora:tpkl+hisce:templates=hierarchical \
+        --json benchmarks/results/grid.json    # loss weights, smoothing, prompts
 """
 
 from __future__ import annotations
@@ -105,6 +108,19 @@ def full_finetune(backbone, data_root: Path, config: TrainConfig, store: Feature
     return nodes, sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
 
 
+def parse_method(method: str) -> tuple[str, str, dict]:
+    """``kind:loss[:key=value,...]`` -> kind, loss and TrainConfig overrides (``towers=text+vision``)."""
+    kind, loss, extra = (method.split(":", 2) + [""])[:3]
+    if kind not in ("lora", "lath", "full"):
+        raise SystemExit(f"unknown method kind {kind!r} in {method!r}")
+    overrides: dict = {}
+    for item in filter(None, extra.split(",")):
+        key, _, value = item.partition("=")
+        default = getattr(TrainConfig, key)
+        overrides[key] = tuple(value.split("+")) if key == "towers" else type(default)(value)
+    return kind, loss, overrides
+
+
 def summarise(runs: list[dict]) -> dict:
     out = {}
     for key in (*METRICS, "seconds"):
@@ -185,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif shots is not None:
                     root = few_shot_folder(work / "train", work / f"fs{shots}-{seed}", shots, seed)
                 for method in args.methods:
-                    kind, _, loss = method.partition(":")
+                    kind, loss, overrides = parse_method(method)
                     t0 = time.perf_counter()
                     if kind == "full":
                         cfg = TrainConfig(backbone="embedded", loss=loss, epochs=args.epochs, seed=seed)
@@ -194,11 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                         label = f"full text-tower FT + {loss}"
                     else:
                         cfg = TrainConfig(backbone="embedded", loss=loss, epochs=args.epochs, seed=seed, patience=args.epochs,
-                                          adapter_type="lathadapter" if kind == "lath" else "lora")
+                                          adapter_type="lathadapter" if kind == "lath" else "lora", **overrides)
                         res = train(root, work / "adapters" / f"{setting}-{method}-{seed}", cfg, backbone, feature_store=store)
                         trainable, total = res.trainable_params, res.total_params
                         m = score_setting(setting, predictor.load_adapter(res.adapter_dir).key)
-                        label = f"{'LatHAdapter' if kind == 'lath' else 'LoRA'} + {loss}"
+                        label = f"{'LatHAdapter' if kind == 'lath' else 'LoRA'} + {loss}" + (
+                            f" ({', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else "")
                     secs = time.perf_counter() - t0
                     rows.setdefault(label, []).append(m | {"seconds": secs, "trainable_share": trainable / total})
                     print(f"[{setting} seed {seed}] {label:<32} FPA {m['fpa']:.3f} TICE {m['tice']:.3f} ({secs:.0f} s)",
