@@ -61,6 +61,8 @@ class TextEmbeddingCache:
         self.max_items = max_items
         self.disk = disk
         self.directory = directory
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
         self._mem: OrderedDict[str, Tensor] = OrderedDict()
         self._lock = Lock()
         self.hits = self.misses = 0

@@ -72,12 +72,12 @@ def test_hierarchical_prompts_fall_back_at_top(small_tree):
 
 
 def test_text_cache_memory_and_disk(tiny_backbone, small_tree, tmp_path):
-    cache = TextEmbeddingCache(directory=tmp_path)
+    cache = TextEmbeddingCache(directory=tmp_path / "new" / "dir")  # created on demand
     a = cache.get(tiny_backbone, small_tree, ("a photo of a {name}.",))
     b = cache.get(tiny_backbone, small_tree, ("a photo of a {name}.",))
     assert a is b and (cache.hits, cache.misses) == (1, 1)
     assert a.shape == (5, 32) and torch.allclose(a.norm(dim=1), torch.ones(5), atol=1e-5)
-    fresh = TextEmbeddingCache(directory=tmp_path)
+    fresh = TextEmbeddingCache(directory=tmp_path / "new" / "dir")
     c = fresh.get(tiny_backbone, small_tree, ("a photo of a {name}.",))
     assert torch.allclose(a, c) and (fresh.hits, fresh.misses) == (1, 0)
     other = cache.get(tiny_backbone, small_tree, ("a photo of a {name}.",), adapter_key="some-adapter")
