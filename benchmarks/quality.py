@@ -204,13 +204,14 @@ def main(argv: list[str] | None = None) -> int:
                     kind, loss, overrides = parse_method(method)
                     t0 = time.perf_counter()
                     if kind == "full":
-                        cfg = TrainConfig(backbone="embedded", loss=loss, epochs=args.epochs, seed=seed)
+                        cfg = TrainConfig(**{"backbone": "embedded", "loss": loss, "epochs": args.epochs, "seed": seed, **overrides})
                         nodes, trainable, total = full_finetune(backbone, root, cfg, store, args.full_lr)
                         m = score_setting(setting, nodes=nodes)
                         label = f"full text-tower FT + {loss}"
                     else:
-                        cfg = TrainConfig(backbone="embedded", loss=loss, epochs=args.epochs, seed=seed, patience=args.epochs,
-                                          adapter_type="lathadapter" if kind == "lath" else "lora", **overrides)
+                        cfg = TrainConfig(**{"backbone": "embedded", "loss": loss, "epochs": args.epochs, "seed": seed,
+                                             "patience": args.epochs, "adapter_type": "lathadapter" if kind == "lath" else "lora",
+                                             **overrides})
                         res = train(root, work / "adapters" / f"{setting}-{method}-{seed}", cfg, backbone, feature_store=store)
                         trainable, total = res.trainable_params, res.total_params
                         m = score_setting(setting, predictor.load_adapter(res.adapter_dir).key)
