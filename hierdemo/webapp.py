@@ -18,7 +18,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from .adapters import AdapterError, clean_stale_temp_dirs, find_adapters
+from .adapters import AdapterError, clean_stale_temp_dirs, find_adapters, read_adapter
 from .backbones import DEFAULT_BACKBONE, BackboneError, load_backbone
 from .data import DataError, ImageLoadError, load_image, scan_image_folder
 from .figures import sibling_figure, sunburst_figure, taxonomy_figure, training_figure, tree_figure
@@ -74,7 +74,10 @@ class AppContext:
     def adapter_key(self, choice: str | None) -> str | None:
         if not choice or choice == ZERO_SHOT:
             return None
-        return self.predictor.load_adapter(choice).key
+        path = Path(choice).resolve()
+        if path.parent != self.adapters_dir:  # only adapters this server listed, never an arbitrary path
+            raise AdapterError(f"unknown adapter {Path(choice).name!r}")
+        return self.predictor.load_adapter(path).key
 
     def import_adapter_zip(self, upload: str) -> str:
         """Unpack an uploaded adapter zip into the adapters folder after checking it fits this backbone."""
@@ -84,8 +87,6 @@ class AppContext:
             if not (root / "hierdemo.json").exists():
                 subs = [p for p in root.iterdir() if (p / "hierdemo.json").exists()]
                 root = subs[0] if len(subs) == 1 else root
-            from .adapters import read_adapter
-
             info = read_adapter(root)
             self.predictor.bank.check_compatible(info)
             name = unique_name(self.adapters_dir, safe_name(info.name))

@@ -49,6 +49,9 @@ def test_predict_zero_shot_and_with_adapter(setup):
         predict_one(ctx, image, ZERO_SHOT, "only", "consistent", 0.0, "tree", False)
     with pytest.raises(gr.Error, match="Upload"):
         predict_one(ctx, None, ZERO_SHOT, "a\nb", "consistent", 0.0, "tree", False)
+    outside = setup[0] / "data"  # a path the client made up, outside the adapters folder
+    with pytest.raises(gr.Error, match="unknown adapter"):
+        predict_one(ctx, image, str(outside), "", "consistent", 0.0, "tree", False)
 
 
 def test_compare_side_by_side(setup):
