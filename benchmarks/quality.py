@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         store = FeatureStore()
         test = scan_image_folder(work / "test", verify=False)
         test_f, _ = store.get(backbone, [p for p, _ in test.samples])
-        predictor = Predictor(backbone)
+        predictor = Predictor(load_backbone("embedded", device="cpu"))  # its own copy: the bank injects adapter layers
         leaves = sorted(test.taxonomy.leaves)
         split = {"base": leaves[0::2], "novel": leaves[1::2]}  # base-to-novel: every other leaf
 

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from .adapters import LoraSettings, attach_lora, parameter_counts, save_adapter, write_adapter_folder
 from .backbones import DEFAULT_BACKBONE, Backbone, load_backbone
@@ -262,6 +263,8 @@ def train(
         val_samples = train_samples  # tiny folders: report training-set metrics rather than none
     _emit(progress, event="stage", stage="loading backbone", report=data.report.summary())
     base = backbone or load_backbone(config.backbone)
+    if any(isinstance(m, BaseTunerLayer) for m in base.model.modules()):
+        raise ValueError("this backbone carries adapter layers (it serves an AdapterBank); train on a clean backbone")
     if base.note:
         _emit(progress, event="stage", stage=base.note)
     config = dataclasses.replace(config, backbone=base.name)  # what was actually trained on

@@ -189,3 +189,11 @@ def test_feature_store_extracts_each_image_once(tiny_backbone, colour_folder, tm
     r2 = train(colour_folder, tmp_path / "b", TrainConfig(**FAST), tiny_backbone)
     assert r1.history[-1]["train_loss"] == pytest.approx(r2.history[-1]["train_loss"], abs=1e-4)  # same run
     assert r1.metrics["level_acc"] == pytest.approx(r2.metrics["level_acc"], abs=1e-4)
+
+
+def test_training_refuses_a_backbone_that_serves_adapters(trained, colour_folder, tmp_path):
+    _, text, _, _ = trained
+    serving = load_backbone("tiny-random")
+    Predictor(serving).load_adapter(text.adapter_dir)  # injects LoRA layers into serving.model
+    with pytest.raises(ValueError, match="carries adapter layers"):
+        train(colour_folder, tmp_path / "x", TrainConfig(**FAST), serving)
