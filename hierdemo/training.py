@@ -286,6 +286,7 @@ def train(
     zero_shot = evaluate_features(val_feats[val_ok], zs_nodes, val_targets[val_ok.cpu()], taxonomy, scale)
     _emit(progress, event="zero_shot", metrics=zero_shot)
 
+    seed_everything(config.seed)  # adapter initialisation must not depend on how many batches were drawn above
     learner = (LatHLearner if config.adapter_type == "lathadapter" else LoraLearner)(base, taxonomy, templates, config)
     trainable, total = learner.counts()
     _emit(progress, event="stage", stage="training", trainable=trainable, total=total)

@@ -197,3 +197,12 @@ def test_training_refuses_a_backbone_that_serves_adapters(trained, colour_folder
     Predictor(serving).load_adapter(text.adapter_dir)  # injects LoRA layers into serving.model
     with pytest.raises(ValueError, match="carries adapter layers"):
         train(colour_folder, tmp_path / "x", TrainConfig(**FAST), serving)
+
+
+def test_results_do_not_depend_on_cached_features(tiny_backbone, colour_folder, tmp_path):
+    from hierdemo.evaluation import FeatureStore
+
+    store = FeatureStore()
+    first = train(colour_folder, tmp_path / "a", TrainConfig(**FAST), tiny_backbone, feature_store=store)
+    cached = train(colour_folder, tmp_path / "b", TrainConfig(**FAST), tiny_backbone, feature_store=store)
+    assert cached.history[-1]["train_loss"] == pytest.approx(first.history[-1]["train_loss"], abs=1e-5)
