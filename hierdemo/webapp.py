@@ -386,6 +386,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                         [taxonomy_plot, counts, upload_report, upload_state])
         start.click(lambda *a: start_job(ctx, *a), [upload_state, name, loss, epochs, rank, lr, seed, towers, adapter_type],
                     [job_state, upload_state])
+        adapter_type.change(  # LatHAdapter is cheap to train and needs a larger budget (BENCHMARKS.md)
+            lambda kind: (1e-2, min(30, ctx.limits.max_epochs)) if kind == "lathadapter" else (1e-3, min(5, ctx.limits.max_epochs)),
+            adapter_type, [lr, epochs])
         cancel.click(lambda j: ctx.jobs.cancel(j or getattr(ctx.jobs.latest(), "id", 0)) and None, job_state, None)
 
         def tick(job_id, version):
