@@ -48,8 +48,9 @@ def timed(fn, repeats: int) -> float:
 
 
 def rss_of(code: str) -> float:
-    """Peak RSS (MB) of a fresh Python process running ``code``."""
-    probe = code + "\nimport resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    """Peak RSS (MB) of a fresh Python process running ``code``: its own ``VmHWM`` (``ru_maxrss`` would include the
+    parent's peak, which Linux carries across exec)."""
+    probe = code + ("\nprint(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT,
                          env=dict(os.environ, HIERDEMO_OFFLINE="1"))
     return float(out.stdout.strip().splitlines()[-1])
@@ -58,6 +59,7 @@ def rss_of(code: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="only the idle-app memory figures")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/speed.json"))
     args = ap.parse_args(argv)
     repeats = 5 if args.quick else 20
@@ -65,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, float | str] = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
                                    "threads": torch.get_num_threads()}
     try:
+        if args.memory_only:
+            measure_memory(out)
+            return report(out, args.json.with_name("memory.json"))
         t0 = time.perf_counter()
         backbone = load_backbone("embedded", device="cpu")
         out["backbone_load_s"] = time.perf_counter() - t0
@@ -132,17 +137,26 @@ def main(argv: list[str] | None = None) -> int:
         out["predict_same_adapter_ms"] = 1000 * same
         out["predict_switching_adapters_ms"] = 1000 * switching
 
-        # 6. memory: idle app process (predictor + job manager, no request yet)
         out["peak_rss_this_run_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        out["rss_app_idle_embedded_mb"] = rss_of("from hierdemo.webapp import AppContext; AppContext('embedded', '/tmp/hierdemo-rss-adapters')")
-        out["rss_app_idle_vit_b_32_random_init_mb"] = rss_of(
-            "import open_clip; from hierdemo.backbones import Backbone, OPEN_CLIP_LORA_TARGETS; from hierdemo.predict import Predictor;"
-            "m, _, pp = open_clip.create_model_and_transforms('ViT-B-32', pretrained=None); m.eval();"
-            "Predictor(Backbone('ViT-B-32', m, pp, pp, open_clip.get_tokenizer('ViT-B-32'), OPEN_CLIP_LORA_TARGETS))")
+        measure_memory(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=1))
+    return report(out, args.json)
+
+
+def measure_memory(out: dict) -> None:
+    """Peak RSS of an idle app process (predictor + job manager, no request yet), per backbone."""
+    out["rss_app_idle_embedded_mb"] = rss_of(
+        "import tempfile; from hierdemo.webapp import AppContext; AppContext('embedded', tempfile.mkdtemp())")
+    out["rss_app_idle_vit_b_32_random_init_mb"] = rss_of(
+        "import open_clip; from hierdemo.backbones import Backbone, OPEN_CLIP_LORA_TARGETS; from hierdemo.predict import Predictor;"
+        "m, _, pp = open_clip.create_model_and_transforms('ViT-B-32', pretrained=None); m.eval();"
+        "Predictor(Backbone('ViT-B-32', m, pp, pp, open_clip.get_tokenizer('ViT-B-32'), OPEN_CLIP_LORA_TARGETS))")
+
+
+def report(out: dict, path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
     width = max(len(k) for k in out)
     for k, v in out.items():
         print(f"{k:<{width}}  {v:.2f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
