@@ -206,3 +206,25 @@ def test_results_do_not_depend_on_cached_features(tiny_backbone, colour_folder, 
     first = train(colour_folder, tmp_path / "a", TrainConfig(**FAST), tiny_backbone, feature_store=store)
     cached = train(colour_folder, tmp_path / "b", TrainConfig(**FAST), tiny_backbone, feature_store=store)
     assert cached.history[-1]["train_loss"] == pytest.approx(first.history[-1]["train_loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("adapter_type", ["lora", "lathadapter"])
+def test_cancel_mid_training_frees_the_model_copy(tiny_backbone, colour_folder, tmp_path, adapter_type):
+    import gc
+
+    from hierdemo.training import LatHLearner, LoraLearner
+
+    cancel = threading.Event()
+    steps = []
+
+    def on_event(event):
+        if event["event"] == "step":
+            steps.append(event)
+            cancel.set()
+
+    with pytest.raises(TrainingCancelled):
+        train(colour_folder, tmp_path / "x", TrainConfig(**FAST, adapter_type=adapter_type), tiny_backbone,
+              progress=on_event, cancel=cancel)
+    gc.collect()
+    assert len(steps) == 1 and not (tmp_path / "x").exists()
+    assert not [o for o in gc.get_objects() if isinstance(o, (LoraLearner, LatHLearner))]

@@ -159,6 +159,7 @@ def test_cancel_a_running_job(setup, tmp_path):
     assert not (ctx.adapters_dir / "cancelled-one").exists()
 
 
+
 def test_lathadapter_job_from_the_app(setup, tmp_path):
     _, data, ctx = setup
     good = shutil.make_archive(str(tmp_path / "l"), "zip", data.parent, data.name)
