@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -164,9 +163,3 @@ def load_backbone(spec: str = DEFAULT_BACKBONE, device: torch.device | str | Non
     backbone.note = f"{spec} is unavailable ({reason}); using the offline embedded backbone instead."
     log.warning(backbone.note)
     return backbone
-
-
-@lru_cache(maxsize=4)
-def load_backbone_cached(spec: str, device: str | None = None) -> Backbone:
-    """One shared instance per spec (for the app and benchmarks)."""
-    return load_backbone(spec, device)

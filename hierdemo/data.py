@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 
@@ -37,9 +38,8 @@ def load_image(source: str | Path | Image.Image) -> Image.Image:
             img.load()
             img = ImageOps.exif_transpose(img)
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = torch.from_numpy(__import__("numpy").asarray(img, dtype="float32"))
-            hi = float(arr.max()) or 1.0
-            img = Image.fromarray((arr / hi * 255).clamp(0, 255).byte().numpy(), mode="L")
+            arr = np.asarray(img, dtype=np.float32)
+            img = Image.fromarray((arr / (float(arr.max()) or 1.0) * 255).clip(0, 255).astype(np.uint8), mode="L")
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -88,6 +88,7 @@ def _split_dirs(root: Path) -> tuple[Path, Path] | None:
 def _scan(root: Path, report: ScanReport, verify: bool) -> list[tuple[Path, str]]:
     """Images in leaf folders under ``root`` as ``(file, leaf path)``; everything else goes into the report."""
     samples: list[tuple[Path, str]] = []
+    has_subfolders: dict[Path, bool] = {}  # each folder is listed once, not once per file in it
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         if any(is_ignored_name(part) for part in rel.parts) or path.is_symlink():
@@ -99,7 +100,9 @@ def _scan(root: Path, report: ScanReport, verify: bool) -> list[tuple[Path, str]
         if label_dir == root:
             report.skipped[rel.as_posix()] = "file outside any class folder"
             continue
-        if any(p.is_dir() and not is_ignored_name(p.name) for p in label_dir.iterdir()):
+        if label_dir not in has_subfolders:
+            has_subfolders[label_dir] = any(p.is_dir() and not is_ignored_name(p.name) for p in label_dir.iterdir())
+        if has_subfolders[label_dir]:
             report.skipped[rel.as_posix()] = "image in a folder that has sub-folders"
             continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:

@@ -14,9 +14,6 @@ from typing import Callable
 
 from .training import TrainConfig, TrainingCancelled, train
 
-STATUSES = ("queued", "running", "done", "failed", "cancelled")
-
-
 @dataclass
 class Job:
     id: int

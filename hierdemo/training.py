@@ -31,6 +31,7 @@ from .data import DataError, ImageDataset, collate_skip_none, scan_image_folder,
 from .evaluation import FeatureStore, evaluate_features, evaluate_logits, extract_features
 from .losses import LossConfig, hierarchical_loss
 from .scoring import TEMPLATE_SETS, encode_nodes, level_logits
+from .taxonomy import Taxonomy
 
 ProgressCallback = Callable[[dict], None]
 ADAPTER_TYPES = ("lora", "lathadapter")
@@ -102,7 +103,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class LoraLearner:
+class _Learner:
+    """What both learners share: validation metrics from their own level logits."""
+
+    taxonomy: Taxonomy
+
+    def level_logits(self, image_feats: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def evaluate(self, image_feats: torch.Tensor, targets: torch.Tensor) -> dict:
+        with torch.inference_mode():
+            logits = self.level_logits(image_feats)
+        return evaluate_logits(logits, targets, self.taxonomy)
+
+
+class LoraLearner(_Learner):
     """LoRA (peft) on the chosen towers of a copy of the backbone."""
 
     def __init__(self, base: Backbone, taxonomy, templates, config: TrainConfig):
@@ -138,11 +153,6 @@ class LoraLearner:
     def regulariser(self, image_feats: torch.Tensor, leaf_nodes: torch.Tensor) -> torch.Tensor | None:
         return None
 
-    def evaluate(self, image_feats: torch.Tensor, targets: torch.Tensor) -> dict:
-        with torch.inference_mode():
-            nodes = self.nodes()
-        return evaluate_features(image_feats, nodes, targets, self.taxonomy, self.scale)
-
     def state(self) -> dict:
         return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft).items()}
 
@@ -153,7 +163,7 @@ class LoraLearner:
         return save_adapter(self.peft, out_dir, meta, taxonomy)
 
 
-class LatHLearner:
+class LatHLearner(_Learner):
     """A :class:`hierdemo.lathadapter.LatHAdapter` on frozen image and class-text features."""
 
     needs_pixels = False
@@ -200,11 +210,6 @@ class LatHLearner:
         if self.entail_weight <= 0:
             return None
         return self.entail_weight * self.head.hierarchy_loss(image_feats, self.node_feats, leaf_nodes, self.edges)
-
-    def evaluate(self, image_feats: torch.Tensor, targets: torch.Tensor) -> dict:
-        with torch.inference_mode():
-            logits = self.level_logits(image_feats)
-        return evaluate_logits(logits, targets, self.taxonomy)
 
     def state(self) -> dict:
         return {k: v.detach().clone() for k, v in self.head.state_dict().items()}
