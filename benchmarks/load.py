@@ -42,7 +42,7 @@ def start_app(backbone: str, adapters: Path) -> tuple[subprocess.Popen, str]:
             return proc, url
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError("the app exited during start-up")
+                raise RuntimeError("the app exited during start-up") from None
             time.sleep(1)
     proc.kill()
     raise RuntimeError("the app did not start in 300 s")

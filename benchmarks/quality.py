@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             if setting != "base-to-novel":
                 return score(key, None, nodes)
             base, novel = score(key, "base", nodes), score(key, "novel", nodes)
-            hm = lambda a, b: 2 * a * b / (a + b) if a + b else 0.0  # noqa: E731
+            hm = lambda a, b: 2 * a * b / (a + b) if a + b else 0.0
             fine = (base["level_acc"][-1], novel["level_acc"][-1])
             return novel | {"base_fine_acc": fine[0], "novel_fine_acc": fine[1], "hm_fine_acc": hm(*fine),
                             "base_fpa": base["fpa"], "hm_fpa": hm(base["fpa"], novel["fpa"])}
@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("| method | base fine acc | novel fine acc | HM | base FPA | novel FPA | HM FPA |")
                 print("|---|---|---|---|---|---|---|")
                 for method, runs in rows.items():
-                    mean = {k: statistics.mean(r[k] for r in runs) for k in ("base_fine_acc", "novel_fine_acc", "hm_fine_acc", "base_fpa", "fpa", "hm_fpa")}
+                    keys = ("base_fine_acc", "novel_fine_acc", "hm_fine_acc", "base_fpa", "fpa", "hm_fpa")
+                    mean = {k: statistics.mean(r[k] for r in runs) for k in keys}
                     print(f"| {method} | " + " | ".join(f"{mean[k]:.3f}" for k in mean) + " |")
                 print()
                 continue

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # 5. adapter switching (text adapter vs a vision adapter vs zero-shot), embeddings cached after first use
         keys = [None, predictor.load_adapter(result.adapter_dir).key, predictor.load_adapter(result_v.adapter_dir).key]
-        own_taxonomy = lambda k: taxonomy if k is None else None  # noqa: E731  (adapters bring their own)
+        own_taxonomy = lambda k: taxonomy if k is None else None
         for k in keys:
             predictor.predict([image], own_taxonomy(k), k)
         same = timed(lambda: predictor.predict([image], None, keys[1]), repeats)

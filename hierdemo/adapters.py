@@ -14,9 +14,9 @@ import json
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model

@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-hisce", type=float, default=1.0)
     p.add_argument("--eps", type=float, default=0.1, help="HiSCE sibling smoothing")
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--patience", type=int, default=None, help="epochs without FPA gain before stopping (default 3; LatHAdapter: no early stop)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="epochs without FPA gain before stopping (default 3; LatHAdapter: no early stop)")
     p.add_argument("--max-seconds", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -146,7 +146,7 @@ def scan_image_folder(root: str | Path, verify: bool = True, min_per_class: int 
     small = {leaf for leaf, n in counts.items() if n < min_per_class}
     for leaf in sorted(small):
         report.skipped[leaf + "/"] = f"class with fewer than {min_per_class} images"
-    keep = lambda s: [(p, leaf) for p, leaf in s if leaf not in small]  # noqa: E731
+    keep = lambda s: [(p, leaf) for p, leaf in s if leaf not in small]
     train = keep(train)
     val = keep(val) if val is not None else None
     leaves = sorted({leaf for _, leaf in train + (val or [])})

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from .scoring import PathPrediction
 from .taxonomy import ROOT, Taxonomy
 
 PATH_COLOUR = "#d62728"
 EDGE_COLOUR = "#b0b0b0"
+SIBLING_COLOUR = "#7f9fbf"
 COLOURSCALE = "Blues"
+
+
+def figure(data: list[dict], layout: dict) -> go.Figure:
+    """A Figure from plain trace and layout dicts, without plotly's property-by-property validation: that costs
+    15-40 ms a figure here, as much as the model's forward pass. Every builder's output is validated in the tests."""
+    return go.Figure({"data": data, "layout": layout}, _validate=False)
 
 
 def node_probabilities(taxonomy: Taxonomy, probs: Sequence[Sequence[float]]) -> dict[str, float]:
@@ -53,7 +59,9 @@ def tidy_layout(taxonomy: Taxonomy, nodes: Sequence[str]) -> dict[str, tuple[flo
     return pos
 
 
-def tree_figure(taxonomy: Taxonomy, prediction: PathPrediction, probs: Sequence[Sequence[float]], collapse: bool | None = None) -> go.Figure:
+def tree_figure(
+    taxonomy: Taxonomy, prediction: PathPrediction, probs: Sequence[Sequence[float]], collapse: bool | None = None
+) -> go.Figure:
     """The taxonomy as a left-to-right tree: node colour and size by probability, the predicted path in bold red,
     hover with name and probability. Taxonomies over 40 nodes collapse to the path and its siblings by default."""
     collapse = len(taxonomy.nodes) > 40 if collapse is None else collapse
@@ -62,61 +70,71 @@ def tree_figure(taxonomy: Taxonomy, prediction: PathPrediction, probs: Sequence[
     pos = tidy_layout(taxonomy, nodes)
     p = node_probabilities(taxonomy, probs)
     on_path = set(path)
-    fig = go.Figure()
-    for highlight in (False, True):
-        xs, ys = [], []
-        for node in nodes:
-            up = taxonomy.parent(node)
-            if (node in on_path and (up == ROOT or up in on_path)) != highlight:
-                continue
-            for a, b in ((pos[up], pos[node]),):
-                xs += [a[0], b[0], None]
-                ys += [a[1], b[1], None]
-        fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
-            line={"color": PATH_COLOUR if highlight else EDGE_COLOUR, "width": 5 if highlight else 1.5},
-            name="predicted path" if highlight else "tree",
-        ))
+    edges: dict[bool, tuple[list, list]] = {False: ([], []), True: ([], [])}
+    for node in nodes:
+        up = taxonomy.parent(node)
+        xs, ys = edges[node in on_path and (up == ROOT or up in on_path)]
+        xs += [pos[up][0], pos[node][0], None]
+        ys += [pos[up][1], pos[node][1], None]
+    data = [
+        {"type": "scatter", "x": xs, "y": ys, "mode": "lines", "hoverinfo": "skip", "showlegend": False,
+         "line": {"color": PATH_COLOUR if highlight else EDGE_COLOUR, "width": 5 if highlight else 1.5},
+         "name": "predicted path" if highlight else "tree"}
+        for highlight, (xs, ys) in edges.items()
+    ]
     ordered = [ROOT] + nodes
-    fig.add_trace(go.Scatter(
-        x=[pos[n][0] for n in ordered], y=[pos[n][1] for n in ordered], mode="markers+text",
-        text=["root"] + [taxonomy.name(n) for n in nodes], textposition="middle right",
-        customdata=[[1.0]] + [[p.get(n, 0.0)] for n in nodes],
-        hovertemplate="%{text}<br>p = %{customdata[0]:.3f}<extra></extra>",
-        marker={
+    data.append({
+        "type": "scatter", "x": [pos[n][0] for n in ordered], "y": [pos[n][1] for n in ordered],
+        "mode": "markers+text", "text": ["root"] + [taxonomy.name(n) for n in nodes], "textposition": "middle right",
+        "customdata": [[1.0]] + [[p.get(n, 0.0)] for n in nodes],
+        "hovertemplate": "%{text}<br>p = %{customdata[0]:.3f}<extra></extra>",
+        "marker": {
             "size": [14] + [10 + 22 * p.get(n, 0.0) for n in nodes],
             "color": [1.0] + [p.get(n, 0.0) for n in nodes], "colorscale": COLOURSCALE, "cmin": 0, "cmax": 1,
             "line": {"color": [PATH_COLOUR] + [PATH_COLOUR if n in on_path else "#555" for n in nodes],
                      "width": [3] + [3 if n in on_path else 1 for n in nodes]},
-            "colorbar": {"title": "p", "thickness": 10},
+            "colorbar": {"title": {"text": "p"}, "thickness": 10},
         },
-        showlegend=False, name="nodes",
-    ))
-    fig.update_layout(
-        title=" → ".join(taxonomy.name(n) for n in path) + (" (path and siblings)" if collapse else ""),
-        xaxis={"visible": False, "range": [-0.3, taxonomy.num_levels + 0.9]}, yaxis={"visible": False},
-        height=max(320, 30 * (1 + int(max(-pos[n][1] for n in nodes)))),
-        margin={"l": 10, "r": 10, "t": 50, "b": 10}, plot_bgcolor="white",
-    )
-    return fig
+        "showlegend": False, "name": "nodes",
+    })
+    layout = {
+        "title": {"text": " → ".join(taxonomy.name(n) for n in path) + (" (path and siblings)" if collapse else "")},
+        "xaxis": {"visible": False, "range": [-0.3, taxonomy.num_levels + 0.9]}, "yaxis": {"visible": False},
+        "height": max(320, 30 * (1 + int(max(-pos[n][1] for n in nodes)))),
+        "margin": {"l": 10, "r": 10, "t": 50, "b": 10}, "plot_bgcolor": "white",
+    }
+    return figure(data, layout)
+
+
+def stacked_domains(n: int, spacing: float) -> list[tuple[float, float]]:
+    """Vertical ``(bottom, top)`` paper fractions of ``n`` equal panels stacked top to bottom."""
+    height = (1.0 - spacing * (n - 1)) / n
+    tops = [1.0 - k * (height + spacing) for k in range(n)]
+    return [(max(0.0, top - height), top) for top in tops]
 
 
 def sibling_figure(prediction: PathPrediction) -> go.Figure:
     """One bar chart per level of the path: the conditional probabilities of the chosen node and its siblings."""
-    n = len(prediction.levels)
-    fig = make_subplots(rows=n, cols=1, subplot_titles=[f"level {lv.level + 1}" for lv in prediction.levels],
-                        vertical_spacing=0.25 / max(1, n))
-    for row, lv in enumerate(prediction.levels, start=1):
+    levels = prediction.levels
+    data, layout = [], {}
+    for k, ((bottom, top), lv) in enumerate(zip(stacked_domains(len(levels), 0.25 / max(1, len(levels))), levels)):
+        suffix = "" if k == 0 else str(k + 1)
         sibs = lv.siblings[:10][::-1]
-        fig.add_trace(go.Bar(
-            x=[s[2] for s in sibs], y=[s[1] for s in sibs], orientation="h", showlegend=False,
-            marker_color=[PATH_COLOUR if s[0] == lv.node else "#7f9fbf" for s in sibs],
-            hovertemplate="%{y}: %{x:.3f}<extra></extra>", name=f"level {lv.level + 1}",
-        ), row=row, col=1)
-        fig.update_xaxes(range=[0, 1], row=row, col=1)
-    fig.update_layout(height=140 + 110 * n, margin={"l": 10, "r": 10, "t": 40, "b": 10},
-                      title="probability among siblings (given the parent)")
-    return fig
+        data.append({
+            "type": "bar", "x": [s[2] for s in sibs], "y": [s[1] for s in sibs], "orientation": "h",
+            "showlegend": False, "marker": {"color": [PATH_COLOUR if s[0] == lv.node else SIBLING_COLOUR for s in sibs]},
+            "hovertemplate": "%{y}: %{x:.3f}<extra></extra>", "name": f"level {lv.level + 1}",
+            "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
+        })
+        layout[f"xaxis{suffix}"] = {"domain": [0.0, 1.0], "range": [0, 1], "anchor": f"y{suffix}"}
+        layout[f"yaxis{suffix}"] = {"domain": [bottom, top], "anchor": f"x{suffix}"}
+        layout.setdefault("annotations", []).append({
+            "text": f"level {lv.level + 1}", "x": 0.5, "y": top, "xref": "paper", "yref": "paper",
+            "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 16},
+        })
+    layout.update(height=140 + 110 * len(levels), margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                  title={"text": "probability among siblings (given the parent)"})
+    return figure(data, layout)
 
 
 def sunburst_figure(taxonomy: Taxonomy, leaf_probs: Sequence[float]) -> go.Figure:
@@ -126,12 +144,13 @@ def sunburst_figure(taxonomy: Taxonomy, leaf_probs: Sequence[float]) -> go.Figur
         if taxonomy.children(node):
             mass[node] = sum(mass[c] for c in taxonomy.children(node))
     nodes = taxonomy.nodes
-    fig = go.Figure(go.Sunburst(
-        ids=nodes, labels=[taxonomy.name(n) for n in nodes], parents=[taxonomy.parent(n) for n in nodes],
-        values=[mass[n] for n in nodes], branchvalues="total", hovertemplate="%{label}: %{value:.3f}<extra></extra>",
-    ))
-    fig.update_layout(margin={"l": 0, "r": 0, "t": 30, "b": 0}, height=420, title="leaf-marginal probabilities")
-    return fig
+    data = [{
+        "type": "sunburst", "ids": nodes, "labels": [taxonomy.name(n) for n in nodes],
+        "parents": [taxonomy.parent(n) for n in nodes], "values": [mass[n] for n in nodes], "branchvalues": "total",
+        "hovertemplate": "%{label}: %{value:.3f}<extra></extra>",
+    }]
+    return figure(data, {"margin": {"l": 0, "r": 0, "t": 30, "b": 0}, "height": 420,
+                         "title": {"text": "leaf-marginal probabilities"}})
 
 
 def taxonomy_figure(taxonomy: Taxonomy, counts: dict[str, int] | None = None) -> go.Figure:
@@ -145,28 +164,41 @@ def taxonomy_figure(taxonomy: Taxonomy, counts: dict[str, int] | None = None) ->
         xs += [a[0], b[0], None]
         ys += [a[1], b[1], None]
     labels = ["root"] + [taxonomy.name(n) + (f" ({counts[n]})" if counts and n in counts else "") for n in nodes]
-    fig = go.Figure([
-        go.Scatter(x=xs, y=ys, mode="lines", line={"color": EDGE_COLOUR}, hoverinfo="skip", showlegend=False),
-        go.Scatter(x=[pos[n][0] for n in shown], y=[pos[n][1] for n in shown], mode="markers+text", text=labels,
-                   textposition="middle right", marker={"size": 10, "color": "#1f77b4"}, showlegend=False,
-                   hovertemplate="%{text}<extra></extra>"),
-    ])
-    fig.update_layout(xaxis={"visible": False, "range": [-0.3, taxonomy.num_levels + 1.2]}, yaxis={"visible": False},
-                      height=max(260, 26 * len(taxonomy.leaves)), margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                      plot_bgcolor="white", title=f"{len(taxonomy.leaves)} classes, {taxonomy.num_levels} levels")
-    return fig
+    data = [
+        {"type": "scatter", "x": xs, "y": ys, "mode": "lines", "line": {"color": EDGE_COLOUR}, "hoverinfo": "skip",
+         "showlegend": False},
+        {"type": "scatter", "x": [pos[n][0] for n in shown], "y": [pos[n][1] for n in shown], "mode": "markers+text",
+         "text": labels, "textposition": "middle right", "marker": {"size": 10, "color": "#1f77b4"}, "showlegend": False,
+         "hovertemplate": "%{text}<extra></extra>"},
+    ]
+    layout = {
+        "xaxis": {"visible": False, "range": [-0.3, taxonomy.num_levels + 1.2]}, "yaxis": {"visible": False},
+        "height": max(260, 26 * len(taxonomy.leaves)), "margin": {"l": 10, "r": 10, "t": 30, "b": 10},
+        "plot_bgcolor": "white", "title": {"text": f"{len(taxonomy.leaves)} classes, {taxonomy.num_levels} levels"},
+    }
+    return figure(data, layout)
 
 
 def training_figure(steps: Sequence[tuple[int, float]], epochs: Sequence[dict]) -> go.Figure:
-    """Training loss per step, and validation FPA and TICE per epoch."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "validation"))
-    fig.add_trace(go.Scatter(x=[s for s, _ in steps], y=[v for _, v in steps], mode="lines+markers" if len(steps) < 50 else "lines",
-                             name="loss"), row=1, col=1)
+    """Training loss per step (left), and validation FPA and TICE per epoch (right)."""
     ep = [e["epoch"] for e in epochs]
-    fig.add_trace(go.Scatter(x=ep, y=[e["fpa"] for e in epochs], mode="lines+markers", name="FPA"), row=1, col=2)
-    fig.add_trace(go.Scatter(x=ep, y=[e["tice"] for e in epochs], mode="lines+markers", name="TICE"), row=1, col=2)
-    fig.update_xaxes(title_text="step", row=1, col=1)
-    fig.update_xaxes(title_text="epoch", row=1, col=2)
-    fig.update_yaxes(range=[0, 1], row=1, col=2)
-    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10})
-    return fig
+    data = [
+        {"type": "scatter", "x": [s for s, _ in steps], "y": [v for _, v in steps], "name": "loss",
+         "mode": "lines+markers" if len(steps) < 50 else "lines", "xaxis": "x", "yaxis": "y"},
+        {"type": "scatter", "x": ep, "y": [e["fpa"] for e in epochs], "mode": "lines+markers", "name": "FPA",
+         "xaxis": "x2", "yaxis": "y2"},
+        {"type": "scatter", "x": ep, "y": [e["tice"] for e in epochs], "mode": "lines+markers", "name": "TICE",
+         "xaxis": "x2", "yaxis": "y2"},
+    ]
+    panels = (("training loss", (0.0, 0.45)), ("validation", (0.55, 1.0)))
+    layout = {
+        "xaxis": {"domain": list(panels[0][1]), "anchor": "y", "title": {"text": "step"}},
+        "yaxis": {"anchor": "x"},
+        "xaxis2": {"domain": list(panels[1][1]), "anchor": "y2", "title": {"text": "epoch"}},
+        "yaxis2": {"anchor": "x2", "range": [0, 1]},
+        "annotations": [{"text": title, "x": sum(dom) / 2, "y": 1.0, "xref": "paper", "yref": "paper",
+                         "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 16}}
+                        for title, dom in panels],
+        "height": 320, "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+    }
+    return figure(data, layout)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .training import TrainConfig, TrainingCancelled, train
+
 
 @dataclass
 class Job:
@@ -110,10 +112,8 @@ class JobManager:
         job.status, job.error, job.finished = status, error, time.time()
         job.stage = status
         if job.cleanup:
-            try:
+            with contextlib.suppress(Exception):
                 job.cleanup()
-            except Exception:
-                pass
         for listener in self.listeners:
             listener(job)
 

@@ -127,7 +127,7 @@ class LatHAdapter(nn.Module):
         (folder / "lathadapter_config.json").write_text(json.dumps({"dim": self.dim, **asdict(self.config)}, indent=1))
 
     @classmethod
-    def load(cls, folder: Path) -> "LatHAdapter":
+    def load(cls, folder: Path) -> LatHAdapter:
         cfg = json.loads((folder / "lathadapter_config.json").read_text())
         dim = int(cfg.pop("dim"))
         head = cls(dim, LatHConfig(**cfg))

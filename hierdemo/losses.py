@@ -8,8 +8,8 @@ zeros at level 0, so the whole top level are siblings).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

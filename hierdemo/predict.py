@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image
@@ -37,7 +37,9 @@ class Predictor:
         text_key = info.key if info and info.adapts_text else "zero-shot"
         return info, taxonomy, templates, text_key
 
-    def level_logits(self, adapter: str | None, image_feats: torch.Tensor, node_feats: torch.Tensor, taxonomy: Taxonomy) -> list[torch.Tensor]:
+    def level_logits(
+        self, adapter: str | None, image_feats: torch.Tensor, node_feats: torch.Tensor, taxonomy: Taxonomy
+    ) -> list[torch.Tensor]:
         """Per-level logits: the adapter's own scoring head (LatHAdapter) or scaled cosine similarity."""
         head = self.bank.heads.get(adapter) if adapter else None
         with torch.inference_mode():
@@ -46,7 +48,7 @@ class Predictor:
             return level_logits(image_feats, node_feats, taxonomy.structure, self.backbone.logit_scale)
 
     def node_features(self, taxonomy: Taxonomy, adapter: str | None = None, templates: Sequence[str] | None = None) -> torch.Tensor:
-        info, taxonomy, templates, text_key = self._resolve(adapter, taxonomy, templates)
+        _info, taxonomy, templates, text_key = self._resolve(adapter, taxonomy, templates)
         with self.bank.use(adapter):
             return self.cache.get(self.backbone, taxonomy, templates, text_key)
 
@@ -62,7 +64,7 @@ class Predictor:
         """Decode each image along the taxonomy (the adapter's own when none is given); also returns the per-level
         probabilities of the mode and the logits, ``(N, C_l)`` each. Raises
         :class:`hierdemo.data.ImageLoadError` for an unreadable image."""
-        info, taxonomy, templates, text_key = self._resolve(adapter, taxonomy, templates)
+        _info, taxonomy, templates, text_key = self._resolve(adapter, taxonomy, templates)
         pixels = torch.stack([self.backbone.preprocess(load_image(img)) for img in images])
         with self.bank.use(adapter), torch.inference_mode():
             feats = self.backbone.encode_images(pixels)
@@ -83,7 +85,7 @@ class Predictor:
         """Hierarchical metrics on labelled images (unreadable images are left out and not counted)."""
         from .data import targets_for
 
-        info, taxonomy, templates, text_key = self._resolve(adapter, taxonomy, templates)
+        _info, taxonomy, templates, text_key = self._resolve(adapter, taxonomy, templates)
         with self.bank.use(adapter):
             feats, ok = extract_features(self.backbone, paths, progress=progress)
             nodes = self.cache.get(self.backbone, taxonomy, templates, text_key)

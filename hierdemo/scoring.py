@@ -11,10 +11,10 @@ Per-level logits are ``logit_scale * cos(image, text(node))`` for the classes of
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from threading import Lock
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,8 @@ def node_prompts(taxonomy: Taxonomy, templates: Sequence[str]) -> list[list[str]
     for node in taxonomy.nodes:
         name, parent = taxonomy.name(node), taxonomy.prompt_parent(node)
         out.append(
-            [t.format(name=name, parent=parent) if parent or "{parent}" not in t else DEFAULT_TEMPLATES[0].format(name=name) for t in templates]
+            [t.format(name=name, parent=parent) if parent or "{parent}" not in t else DEFAULT_TEMPLATES[0].format(name=name)
+             for t in templates]
         )
     return out
 

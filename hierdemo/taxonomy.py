@@ -19,10 +19,11 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import networkx as nx
 import torch
@@ -70,7 +71,7 @@ class Taxonomy:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_nested(cls, tree: Mapping[str, Any]) -> "Taxonomy":
+    def from_nested(cls, tree: Mapping[str, Any]) -> Taxonomy:
         """From a nested dict ``{"animal": {"bird": {"flamingo": {}}}}``. Leaves may be ``{}``, ``None`` or a list
         of leaf names (``{"bird": ["flamingo", "owl"]}``)."""
         graph = _new_graph()
@@ -90,7 +91,7 @@ class Taxonomy:
         return cls(graph)
 
     @classmethod
-    def from_paths(cls, paths: Iterable[str | Sequence[str]]) -> "Taxonomy":
+    def from_paths(cls, paths: Iterable[str | Sequence[str]]) -> Taxonomy:
         """From label paths such as ``"animal/bird/flamingo"`` (or sequences of names). Each path ends at a leaf."""
         graph = _new_graph()
         for path in paths:
@@ -102,7 +103,7 @@ class Taxonomy:
         return cls(graph)
 
     @classmethod
-    def from_edges(cls, edges: Iterable[tuple[str, str]]) -> "Taxonomy":
+    def from_edges(cls, edges: Iterable[tuple[str, str]]) -> Taxonomy:
         """From ``(parent_name, child_name)`` pairs where names are unique; a parent never seen as a child is top
         level. Cycles and nodes with two parents are refused."""
         edges = [(p.strip(), c.strip()) for p, c in edges]
@@ -117,7 +118,7 @@ class Taxonomy:
         return cls.from_paths(p for t in tops for p in _name_paths(names, t))
 
     @classmethod
-    def from_folder(cls, root: str | Path, strict: bool = True) -> "Taxonomy":
+    def from_folder(cls, root: str | Path, strict: bool = True) -> Taxonomy:
         """From a nested image folder: sub-folders are classes, leaf folders hold the images. With ``strict``, a
         leaf folder without images is an error; otherwise it is left out."""
         root = Path(root)
@@ -134,7 +135,7 @@ class Taxonomy:
         return cls.from_paths(paths)
 
     @classmethod
-    def from_csv_text(cls, text: str) -> "Taxonomy":
+    def from_csv_text(cls, text: str) -> Taxonomy:
         """From CSV: one label path per row (``animal/bird/flamingo`` or ``animal,bird,flamingo``), or a
         ``parent,child`` edge list when the header is exactly ``parent,child``."""
         rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
@@ -145,7 +146,7 @@ class Taxonomy:
         )
 
     @classmethod
-    def from_indented_text(cls, text: str) -> "Taxonomy":
+    def from_indented_text(cls, text: str) -> Taxonomy:
         """From an outline where indentation gives depth (spaces or tabs, ``-``/``*`` bullets allowed)."""
         paths: list[list[str]] = []
         stack: list[tuple[int, str]] = []
@@ -162,7 +163,7 @@ class Taxonomy:
         return cls.from_paths(paths)
 
     @classmethod
-    def parse(cls, text: str) -> "Taxonomy":
+    def parse(cls, text: str) -> Taxonomy:
         """Guess the format of pasted text: JSON, YAML mapping, CSV/paths, or an indented outline."""
         stripped = text.strip()
         if not stripped:
@@ -185,7 +186,7 @@ class Taxonomy:
         return cls.from_csv_text(stripped)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Taxonomy":
+    def from_file(cls, path: str | Path) -> Taxonomy:
         """From ``.json``/``.yaml``/``.yml`` (nested mapping), ``.csv`` or ``.txt`` (paths or outline)."""
         path = Path(path)
         text = path.read_text(encoding="utf-8")

@@ -16,9 +16,9 @@ import math
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -125,7 +125,7 @@ class LoraLearner(_Learner):
         self.peft = attach_lora(self.model, base, config.lora_settings())
         self.work = dataclasses.replace(base, model=self.model)
         self.taxonomy, self.templates, self.scale = taxonomy, templates, base.logit_scale
-        self.towers = list(config.towers)
+        self.towers = tuple(config.towers)
         self.needs_pixels = "vision" in config.towers
         self.fixed_nodes = None
         if "text" not in config.towers:
@@ -167,7 +167,7 @@ class LatHLearner(_Learner):
     """A :class:`hierdemo.lathadapter.LatHAdapter` on frozen image and class-text features."""
 
     needs_pixels = False
-    towers: list[str] = []
+    towers: tuple[str, ...] = ()
 
     def __init__(self, base: Backbone, taxonomy, templates, config: TrainConfig):
         from .lathadapter import LatHAdapter, LatHConfig, taxonomy_edges

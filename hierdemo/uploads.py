@@ -39,7 +39,7 @@ class Limits:
     min_images_per_class: int = 2  # HIERDEMO_MIN_IMAGES_PER_CLASS: smaller classes are left out and reported
 
     @classmethod
-    def from_env(cls) -> "Limits":
+    def from_env(cls) -> Limits:
         return cls(**{f: _env_int(f"HIERDEMO_{f.upper()}", getattr(cls, f)) for f in cls.__dataclass_fields__})
 
 

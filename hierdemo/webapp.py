@@ -149,7 +149,8 @@ def summary_markdown(pred, adapter: str | None) -> str:
         rows.append(f"| {lv.level + 1} | **{lv.name}**{mark} | {lv.prob:.3f} |")
     where = "zero-shot" if not adapter or adapter == ZERO_SHOT else f"adapter `{Path(adapter).name}`"
     extra = "" if pred.consistent else "\n\n**Note:** the per-level predictions do not form one path of the tree."
-    return f"**{' → '.join(lv.name for lv in pred.levels[: max(1, pred.confident_depth)])}** ({where}, {pred.mode})\n\n" + "\n".join(rows) + extra
+    shown = " → ".join(lv.name for lv in pred.levels[: max(1, pred.confident_depth)])
+    return f"**{shown}** ({where}, {pred.mode})\n\n" + "\n".join(rows) + extra
 
 
 def compare(ctx: AppContext, image, adapter: str, taxonomy_text: str, mode: str):
@@ -199,7 +200,7 @@ def batch_predict(ctx: AppContext, files, adapter: str, taxonomy_text: str, mode
             good = [im for im in images if im is not None]
             if not good:
                 continue
-            tax, preds = ctx.predictor.predict(good, taxonomy, key, mode)
+            _tax, preds = ctx.predictor.predict(good, taxonomy, key, mode)
             it = iter(preds)
             for p, im in zip(chunk, images):
                 if im is not None:
@@ -307,7 +308,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                         gr.Examples(examples, inputs=image)
                     adapter = gr.Dropdown(ctx.adapter_choices(), value=ZERO_SHOT, label="Adapter", elem_id="adapter-choice")
                     adapter_zip = gr.File(label="Add an adapter (zip)", file_types=[".zip"], elem_id="adapter-upload")
-                    taxonomy_text = gr.Textbox(ctx.example_taxonomy, lines=8, label="Taxonomy for zero-shot (indented outline, JSON or CSV paths; adapters use their own)")
+                    taxonomy_text = gr.Textbox(
+                        ctx.example_taxonomy, lines=8,
+                        label="Taxonomy for zero-shot (indented outline, JSON or CSV paths; adapters use their own)")
                     mode = gr.Radio(list(DECODE_MODES), value="consistent", label="Decoding")
                     threshold = gr.Slider(0, 1, value=0.0, step=0.05, label="Stop at the deepest level with probability ≥")
                     view = gr.Radio(["tree", "sunburst"], value="tree", label="View")
@@ -392,10 +395,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         cancel.click(lambda j: ctx.jobs.cancel(j or getattr(ctx.jobs.latest(), "id", 0)) and None, job_state, None)
 
         def tick(job_id, version):
-            if version == ctx.adapters_version:
-                choices = gr.skip()
-            else:
-                choices = gr.update(choices=ctx.adapter_choices())
+            choices = gr.skip() if version == ctx.adapters_version else gr.update(choices=ctx.adapter_choices())
             return (*job_view(ctx, job_id), choices, ctx.adapters_version)
 
         timer.tick(tick, [job_state, seen_version], [job_status, curves, log, metrics, download, adapter, seen_version],

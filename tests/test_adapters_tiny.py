@@ -12,7 +12,7 @@ from hierdemo.backbones import BackboneError, load_backbone
 from hierdemo.predict import Predictor
 from hierdemo.training import TrainConfig, TrainingCancelled, train
 
-FAST = dict(backbone="tiny-random", epochs=3, batch_size=8, lr=5e-3, patience=5)
+FAST = {"backbone": "tiny-random", "epochs": 3, "batch_size": 8, "lr": 5e-3, "patience": 5}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_bank_switches_adapters_and_zero_shot_is_the_base(trained, tiny_backbone
     _, (zs,) = predictor.predict([image], tree)
     _, (pa,) = predictor.predict([image], adapter=a.key)
     _, (pb,) = predictor.predict([image], adapter=b.key)
-    probs = lambda p: [lv.prob for lv in p.levels]  # noqa: E731
+    probs = lambda p: [lv.prob for lv in p.levels]
     assert probs(zs) == pytest.approx(probs(before), abs=1e-6)
     assert probs(pa) != pytest.approx(probs(zs), abs=1e-4)
     assert probs(pb) != pytest.approx(probs(pa), abs=1e-4)
@@ -77,7 +77,7 @@ def test_eval_of_adapter_matches_training_metrics(trained, tiny_backbone):
     predictor = Predictor(load_backbone("tiny-random"))
     key = predictor.load_adapter(text.adapter_dir).key
     scan = scan_image_folder(data)
-    report = predictor.evaluate([p for p, _ in scan.samples], [l for _, l in scan.samples], scan.taxonomy, key)
+    report = predictor.evaluate([p for p, _ in scan.samples], [leaf for _, leaf in scan.samples], scan.taxonomy, key)
     assert report["n_images"] == 32 and 0 <= report["fpa"] <= 1 and len(report["level_acc"]) == 2
 
 
@@ -180,7 +180,7 @@ def test_feature_store_extracts_each_image_once(tiny_backbone, colour_folder, tm
     (tmp_path / "bad.png").write_text("x")
     store = FeatureStore()
     calls = []
-    feats, ok = store.get(tiny_backbone, paths[:10] + [tmp_path / "bad.png"], progress=lambda d, t: calls.append(t))
+    _feats, ok = store.get(tiny_backbone, paths[:10] + [tmp_path / "bad.png"], progress=lambda d, t: calls.append(t))
     again, ok2 = store.get(tiny_backbone, paths[5:15], progress=lambda d, t: calls.append(t))
     assert calls[-1] == 5 and ok.tolist() == [True] * 10 + [False] and ok2.all()
     direct, _ = extract_features(tiny_backbone, paths[5:15])

@@ -41,7 +41,7 @@ def app_url(tmp_path_factory):
     env = dict(os.environ, HIERDEMO_BACKBONE="tiny-random", HIERDEMO_ADAPTERS=str(tmp / "adapters"),
                GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False",
                HIERDEMO_OFFLINE="1")
-    log = open(tmp / "app.log", "w")
+    log = open(tmp / "app.log", "w")  # noqa: SIM115  (stays open for the app process)
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180

@@ -4,9 +4,8 @@ import json
 
 import pytest
 
-from hierdemo.cli import main
-
 from conftest import make_image_folder, needs_fashion_mnist
+from hierdemo.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,8 @@
 import pytest
 from PIL import Image
 
-from hierdemo.data import DataError, ImageLoadError, load_image, scan_image_folder, stratified_split, targets_for
-
 from conftest import COLOUR_CLASSES, make_image_folder, needs_fashion_mnist
+from hierdemo.data import DataError, ImageLoadError, load_image, scan_image_folder, stratified_split, targets_for
 
 
 def test_scan_reports_skipped_files(colour_folder):

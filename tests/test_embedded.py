@@ -3,13 +3,12 @@
 import pytest
 import torch
 
+from conftest import needs_fashion_mnist
 from hierdemo.data import scan_image_folder, targets_for
 from hierdemo.embedded import efficientnet_file, load_trunk_weights
 from hierdemo.evaluation import evaluate_features, extract_features
 from hierdemo.scoring import DEFAULT_TEMPLATES, encode_nodes
 from hierdemo.training import TrainConfig, train
-
-from conftest import needs_fashion_mnist
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +50,7 @@ def test_zero_shot_beats_chance_on_fashion_mnist(embedded_backbone, fashion):
     feats, ok = extract_features(embedded_backbone, [p for p, _ in data.samples])
     with torch.inference_mode():
         nodes = encode_nodes(embedded_backbone, data.taxonomy, DEFAULT_TEMPLATES)
-    report = evaluate_features(feats, nodes, targets_for(data.taxonomy, [l for _, l in data.samples]), data.taxonomy,
+    report = evaluate_features(feats, nodes, targets_for(data.taxonomy, [leaf for _, leaf in data.samples]), data.taxonomy,
                                embedded_backbone.logit_scale)
     assert ok.all() and report["n_images"] == 100
     assert report["level_acc"][-1] > 0.15  # 10 leaves: chance is 0.10

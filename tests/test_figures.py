@@ -1,9 +1,13 @@
 """Figure builders: the highlighted path is the predicted one; sibling probabilities sum to 1 per group."""
 
+import itertools
+import json
+
+import plotly.graph_objects as go
 import pytest
 import torch
 
-from hierdemo.figures import node_probabilities, sibling_figure, sunburst_figure, taxonomy_figure, tree_figure, training_figure
+from hierdemo.figures import node_probabilities, sibling_figure, sunburst_figure, taxonomy_figure, training_figure, tree_figure
 from hierdemo.scoring import decode, explain
 from hierdemo.taxonomy import Taxonomy
 
@@ -66,3 +70,25 @@ def test_taxonomy_and_training_figures(prediction):
     assert "tree (7)" in fig.data[1].text
     fig = training_figure([(1, 2.0), (2, 1.5)], [{"epoch": 1, "fpa": 0.4, "tice": 0.2}])
     assert list(fig.data[0].y) == [2.0, 1.5] and list(fig.data[1].y) == [0.4]
+
+
+def test_every_figure_is_valid_plotly(prediction):
+    """The builders skip plotly's validation for speed; re-validating their output catches any bad property."""
+    tree, pred, probs = prediction
+    figures = [
+        tree_figure(tree, pred, probs, collapse=False), tree_figure(tree, pred, probs, collapse=True),
+        sibling_figure(pred), sunburst_figure(tree, [0.1, 0.2, 0.3, 0.25, 0.15]), taxonomy_figure(tree, {"plant/tree": 7}),
+        training_figure([(1, 2.0), (2, 1.5)], [{"epoch": 1, "fpa": 0.4, "tice": 0.2}]),
+    ]
+    for fig in figures:
+        validated = go.Figure(fig.to_dict())  # raises ValueError on any invalid property or value
+        assert [t.type for t in validated.data] == [t.type for t in fig.data]
+        assert json.loads(fig.to_json())["layout"].keys() == validated.to_plotly_json()["layout"].keys()
+
+
+def test_sibling_panels_stack_without_overlap(prediction):
+    _, pred, _ = prediction
+    layout = sibling_figure(pred).layout
+    domains = [tuple(layout[f"yaxis{'' if k == 0 else k + 1}"].domain) for k in range(3)]
+    assert domains[0][1] == pytest.approx(1.0) and domains[-1][0] == pytest.approx(0.0)
+    assert all(lower[1] < upper[0] for upper, lower in itertools.pairwise(domains))

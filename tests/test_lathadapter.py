@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from conftest import COLOUR_CLASSES, make_image_folder
 from hierdemo.adapters import read_adapter
 from hierdemo.backbones import load_backbone
 from hierdemo.lathadapter import LatHAdapter, LatHConfig, leaf_node_index, taxonomy_edges
@@ -12,9 +13,7 @@ from hierdemo.predict import Predictor
 from hierdemo.taxonomy import Taxonomy
 from hierdemo.training import TrainConfig, train
 
-from conftest import COLOUR_CLASSES, make_image_folder
-
-FAST = dict(backbone="tiny-random", adapter_type="lathadapter", epochs=4, batch_size=8, lr=5e-3, attributes=4, patience=5)
+FAST = {"backbone": "tiny-random", "adapter_type": "lathadapter", "epochs": 4, "batch_size": 8, "lr": 5e-3, "attributes": 4, "patience": 5}
 
 
 def test_head_starts_ordered_and_scores_any_taxonomy(small_tree):
@@ -78,15 +77,15 @@ def test_lathadapter_beside_lora_in_one_predictor(trained):
     lath_key = predictor.load_adapter(result.adapter_dir).key
     lora_key = predictor.load_adapter(lora.adapter_dir).key
     _, (p_lath,) = predictor.predict([image], adapter=lath_key)
-    _, (p_lora,) = predictor.predict([image], adapter=lora_key)
+    _, (_p_lora,) = predictor.predict([image], adapter=lora_key)
     _, (zs_after,) = predictor.predict([image], tree)
-    probs = lambda p: [lv.prob for lv in p.levels]  # noqa: E731
+    probs = lambda p: [lv.prob for lv in p.levels]
     assert probs(zs_after) == pytest.approx(probs(zs_before), abs=1e-6)
     assert probs(p_lath) != pytest.approx(probs(zs_after), abs=1e-3)
     from hierdemo.data import scan_image_folder
 
     scan = scan_image_folder(data)
-    report = predictor.evaluate([p for p, _ in scan.samples], [l for _, l in scan.samples], scan.taxonomy, lath_key)
+    report = predictor.evaluate([p for p, _ in scan.samples], [leaf for _, leaf in scan.samples], scan.taxonomy, lath_key)
     assert report["n_images"] == 32 and 0 <= report["fpa"] <= 1
     # novel classes: the head scores a taxonomy it was never trained on
     novel = Taxonomy.parse("sky\n  day\n  night\nsea\n")

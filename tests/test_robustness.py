@@ -7,12 +7,11 @@ import shutil
 import pytest
 from PIL import Image
 
+from conftest import make_image_folder
 from hierdemo.data import DataError, scan_image_folder
 from hierdemo.training import TrainConfig, train
 from hierdemo.uploads import Limits
 from hierdemo.webapp import AppContext, inspect_upload
-
-from conftest import make_image_folder
 
 UNICODE_CLASSES = {"vögel/große möwe": (200, 200, 200), "vögel/見る 鳥": (20, 20, 20), "fische/hai & co": (30, 60, 200)}
 
@@ -47,7 +46,7 @@ def test_app_leaves_out_small_classes_and_says_so(tmp_path, tiny_backbone):
     (data / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     archive = shutil.make_archive(str(tmp_path / "up"), "zip", data.parent, data.name)
     ctx = AppContext("tiny-random", tmp_path / "adapters", Limits(min_images_per_class=2))
-    fig, table, report, state = inspect_upload(ctx, archive, None)
+    _fig, table, report, state = inspect_upload(ctx, archive, None)
     assert state is not None and [row[1] for row in table] == ["a", "b"]
     assert "class with fewer than 2 images" in report and "unreadable or corrupt image" in report
     make_image_folder(tmp_path / "y" / "d", {"a": (1, 2, 3), "b": (4, 5, 6)}, per_class=1)

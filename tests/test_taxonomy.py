@@ -2,9 +2,8 @@
 
 import pytest
 
-from hierdemo.taxonomy import Taxonomy, TaxonomyError
-
 from conftest import make_image_folder
+from hierdemo.taxonomy import Taxonomy, TaxonomyError
 
 
 def test_levels_parents_and_paths(small_tree):

@@ -11,11 +11,10 @@ import gradio as gr
 import pytest
 from PIL import Image
 
+from conftest import COLOUR_CLASSES, make_image_folder
 from hierdemo.training import TrainConfig, train
 from hierdemo.uploads import Limits
-from hierdemo.webapp import AppContext, ZERO_SHOT, batch_predict, compare, inspect_upload, job_view, predict_one, start_job
-
-from conftest import COLOUR_CLASSES, make_image_folder
+from hierdemo.webapp import ZERO_SHOT, AppContext, batch_predict, compare, inspect_upload, job_view, predict_one, start_job
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def test_start_up_removes_crash_leftovers_and_lists_adapters(setup):
 def test_predict_zero_shot_and_with_adapter(setup):
     _, data, ctx = setup
     image = Image.open(next((data / "warm" / "red").iterdir()))
-    tree, bars, md = predict_one(ctx, image, ZERO_SHOT, "fruit\n  apple\n  pear\nveg\n", "consistent", 0.0, "tree", False)
+    _tree, _bars, md = predict_one(ctx, image, ZERO_SHOT, "fruit\n  apple\n  pear\nveg\n", "consistent", 0.0, "tree", False)
     assert "zero-shot" in md and ("fruit" in md or "veg" in md)
     sun, _, _ = predict_one(ctx, image, ZERO_SHOT, "fruit\n  apple\n  pear\nveg\n", "leaf-marginal", 0.0, "sunburst", False)
     assert sun.data[0].type == "sunburst"
@@ -57,7 +56,7 @@ def test_predict_zero_shot_and_with_adapter(setup):
 def test_compare_side_by_side(setup):
     _, data, ctx = setup
     image = Image.open(next((data / "cool" / "blue").iterdir()))
-    fig_a, md_a, fig_b, md_b = compare(ctx, image, ctx.adapter_choices()[1][1], "", "consistent")
+    _fig_a, md_a, _fig_b, md_b = compare(ctx, image, ctx.adapter_choices()[1][1], "", "consistent")
     assert "zero-shot" in md_a and "adapter" in md_b
     with pytest.raises(gr.Error, match="Choose an adapter"):
         compare(ctx, image, ZERO_SHOT, "", "consistent")
@@ -110,10 +109,10 @@ def test_inspect_upload_reports_problems(setup, tmp_path):
     with zipfile.ZipFile(one, "w") as zf:
         zf.writestr("d/cats/a.png", (data / "warm/red/img0.png").read_bytes())
         zf.writestr("d/cats/b.png", (data / "warm/red/img1.png").read_bytes())
-    fig, table, report, state = inspect_upload(ctx, str(one), None)
+    _, table, report, state = inspect_upload(ctx, str(one), None)
     assert state is None and "only one class" in report
     good = shutil.make_archive(str(tmp_path / "good"), "zip", data.parent, data.name)
-    fig, table, report, state = inspect_upload(ctx, good, None)
+    _fig, table, report, state = inspect_upload(ctx, good, None)
     assert "24 images in 4 classes" in report and len(table) == 4 and Path(state).name == "my_data"
     # uploading again cleans the previous unpacked folder
     inspect_upload(ctx, None, state)
@@ -139,7 +138,7 @@ def test_job_through_the_app_and_concurrent_predictions(setup, tmp_path):
     end = time.time() + 120
     while ctx.jobs.jobs[job_id].status in ("queued", "running") and time.time() < end:
         time.sleep(0.2)
-    status, fig, log, metrics, download = job_view(ctx, job_id)
+    status, _fig, _log, metrics, download = job_view(ctx, job_id)
     assert ": done" in status and "adapter" in metrics and download.endswith(".zip")
     assert zipfile.ZipFile(download).namelist()
     assert any(v.endswith("fresh-one") for _, v in ctx.adapter_choices())
