@@ -17,11 +17,12 @@ from pathlib import Path
 
 import gradio as gr
 import torch
+from gradio.components.plot import PlotData
 
 from .adapters import AdapterError, clean_stale_temp_dirs, find_adapters, read_adapter
 from .backbones import DEFAULT_BACKBONE, BackboneError, load_backbone
 from .data import DataError, ImageLoadError, load_image, scan_image_folder
-from .figures import sibling_figure, sunburst_figure, taxonomy_figure, training_figure, tree_figure
+from .figures import FigureSpec, sibling_figure, sunburst_figure, taxonomy_figure, to_json, training_figure, tree_figure
 from .jobs import Job, JobManager, default_runner
 from .losses import LOSS_NAMES
 from .predict import Predictor
@@ -126,6 +127,12 @@ def _user_error(exc: Exception) -> gr.Error:
 
 
 # ---------------------------------------------------------------------- predict
+def plot(spec: FigureSpec) -> PlotData:
+    """A figure for a ``gr.Plot`` output, serialised directly (Gradio would build a plotly Figure only to call
+    ``to_json`` on it, which costs more than the rest of a prediction besides the forward pass)."""
+    return PlotData(type="plotly", plot=to_json(spec))
+
+
 def predict_one(ctx: AppContext, image, adapter: str, taxonomy_text: str, mode: str, threshold: float, view: str, expand: bool):
     if image is None:
         raise gr.Error("Upload, paste or take a photo first.", print_exception=False)
@@ -139,7 +146,7 @@ def predict_one(ctx: AppContext, image, adapter: str, taxonomy_text: str, mode: 
         main = sunburst_figure(taxonomy, leaf_marginals(logits, taxonomy.structure)[-1][0].tolist())
     else:
         main = tree_figure(taxonomy, pred, [p[0].tolist() for p in probs], collapse=False if expand else None)
-    return main, sibling_figure(pred), summary_markdown(pred, adapter)
+    return plot(main), plot(sibling_figure(pred)), summary_markdown(pred, adapter)
 
 
 def summary_markdown(pred, adapter: str | None) -> str:
@@ -165,7 +172,7 @@ def compare(ctx: AppContext, image, adapter: str, taxonomy_text: str, mode: str)
         out = []
         for k in (None, key):
             tax, (pred,), probs, _ = ctx.predictor.predict_detailed([img], taxonomy, k, mode)
-            out += [tree_figure(tax, pred, [p[0].tolist() for p in probs]), summary_markdown(pred, adapter if k else None)]
+            out += [plot(tree_figure(tax, pred, [p[0].tolist() for p in probs])), summary_markdown(pred, adapter if k else None)]
     except USER_ERRORS as exc:
         raise _user_error(exc) from None
     return tuple(out)
@@ -239,7 +246,7 @@ def inspect_upload(ctx: AppContext, upload, previous: str | None):
     if scan.report.skipped:
         shown = list(scan.report.skipped.items())[:10]
         report += "\n\n" + "\n".join(f"- `{k}`: {v}" for k, v in shown)
-    return taxonomy_figure(scan.taxonomy, scan.report.per_class), table, report, str(root)
+    return plot(taxonomy_figure(scan.taxonomy, scan.report.per_class)), table, report, str(root)
 
 
 def start_job(ctx: AppContext, data_dir, name, loss, epochs, rank, lr, seed, towers, adapter_type="lora"):
@@ -284,7 +291,7 @@ def job_view(ctx: AppContext, job_id):
         if not Path(str(archive) + ".zip").exists():
             shutil.make_archive(str(archive), "zip", job.out_dir.parent, job.out_dir.name)
         download = str(archive) + ".zip"
-    return status, training_figure(job.steps, job.epochs), "\n".join(job.log[-30:]), metrics, download
+    return status, plot(training_figure(job.steps, job.epochs)), "\n".join(job.log[-30:]), metrics, download
 
 
 # ---------------------------------------------------------------------- layout

@@ -94,6 +94,7 @@ def test_zero_shot_prediction_shows_tree(page, shots):
     expect(page.locator("#predict-summary")).to_contain_text("zero-shot")
     assert page.locator("#tree-plot .scatterlayer .trace").count() >= 3  # tree edges, path, nodes
     assert page.locator("#sibling-plot .js-plotly-plot").count() == 1
+    assert page.locator("#sibling-plot .barlayer .trace").count() == 3  # one bar chart per level of the path
     page.screenshot(path=str(shots / "predict.png"), full_page=True)
 
 

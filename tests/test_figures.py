@@ -1,13 +1,22 @@
-"""Figure builders: the highlighted path is the predicted one; sibling probabilities sum to 1 per group."""
+"""Figure builders: the highlighted path is the predicted one; sibling probabilities sum to 1 per group; every spec is
+valid Plotly (``to_plotly`` validates) and ``to_json`` sends what plotly would."""
 
 import itertools
 import json
 
-import plotly.graph_objects as go
 import pytest
 import torch
 
-from hierdemo.figures import node_probabilities, sibling_figure, sunburst_figure, taxonomy_figure, training_figure, tree_figure
+from hierdemo.figures import (
+    node_probabilities,
+    sibling_figure,
+    sunburst_figure,
+    taxonomy_figure,
+    to_json,
+    to_plotly,
+    training_figure,
+    tree_figure,
+)
 from hierdemo.scoring import decode, explain
 from hierdemo.taxonomy import Taxonomy
 
@@ -29,7 +38,7 @@ def _highlighted_segments(fig):
 def test_tree_highlights_exactly_the_predicted_path(prediction):
     tree, pred, probs = prediction
     assert pred.path == ["animal", "animal/bird", "animal/bird/flamingo"]
-    fig = tree_figure(tree, pred, probs, collapse=False)
+    fig = to_plotly(tree_figure(tree, pred, probs, collapse=False))
     nodes = next(t for t in fig.data if t.name == "nodes")
     pos = {label: (x, y) for label, x, y in zip(nodes.text, nodes.x, nodes.y)}
     expected = [(pos["root"], pos["animal"]), (pos["animal"], pos["bird"]), (pos["bird"], pos["flamingo"])]
@@ -42,14 +51,14 @@ def test_tree_highlights_exactly_the_predicted_path(prediction):
 
 def test_tree_collapses_to_path_and_siblings(prediction):
     tree, pred, probs = prediction
-    fig = tree_figure(tree, pred, probs, collapse=True)
+    fig = to_plotly(tree_figure(tree, pred, probs, collapse=True))
     labels = set(next(t for t in fig.data if t.name == "nodes").text)
     assert labels == {"root", "animal", "plant", "bird", "fish", "owl", "flamingo"}
 
 
 def test_sibling_bars_sum_to_one_per_group(prediction):
     _, pred, _ = prediction
-    fig = sibling_figure(pred)
+    fig = to_plotly(sibling_figure(pred))
     assert len(fig.data) == 3
     for bars, level in zip(fig.data, pred.levels):
         assert sum(bars.x) == pytest.approx(1.0)
@@ -59,36 +68,34 @@ def test_sibling_bars_sum_to_one_per_group(prediction):
 
 def test_sunburst_sums_leaves(prediction):
     tree, _, _ = prediction
-    fig = sunburst_figure(tree, [0.1, 0.2, 0.3, 0.25, 0.15])
+    fig = to_plotly(sunburst_figure(tree, [0.1, 0.2, 0.3, 0.25, 0.15]))
     values = dict(zip(fig.data[0].ids, fig.data[0].values))
     assert values["animal"] == pytest.approx(0.6) and values["animal/bird"] == pytest.approx(0.3)
 
 
 def test_taxonomy_and_training_figures(prediction):
     tree, _, _ = prediction
-    fig = taxonomy_figure(tree, {"plant/tree": 7})
+    fig = to_plotly(taxonomy_figure(tree, {"plant/tree": 7}))
     assert "tree (7)" in fig.data[1].text
-    fig = training_figure([(1, 2.0), (2, 1.5)], [{"epoch": 1, "fpa": 0.4, "tice": 0.2}])
+    fig = to_plotly(training_figure([(1, 2.0), (2, 1.5)], [{"epoch": 1, "fpa": 0.4, "tice": 0.2}]))
     assert list(fig.data[0].y) == [2.0, 1.5] and list(fig.data[1].y) == [0.4]
 
 
-def test_every_figure_is_valid_plotly(prediction):
-    """The builders skip plotly's validation for speed; re-validating their output catches any bad property."""
+def test_every_spec_is_valid_plotly_and_serialises_like_plotly(prediction):
     tree, pred, probs = prediction
-    figures = [
+    specs = [
         tree_figure(tree, pred, probs, collapse=False), tree_figure(tree, pred, probs, collapse=True),
         sibling_figure(pred), sunburst_figure(tree, [0.1, 0.2, 0.3, 0.25, 0.15]), taxonomy_figure(tree, {"plant/tree": 7}),
         training_figure([(1, 2.0), (2, 1.5)], [{"epoch": 1, "fpa": 0.4, "tice": 0.2}]),
     ]
-    for fig in figures:
-        validated = go.Figure(fig.to_dict())  # raises ValueError on any invalid property or value
-        assert [t.type for t in validated.data] == [t.type for t in fig.data]
-        assert json.loads(fig.to_json())["layout"].keys() == validated.to_plotly_json()["layout"].keys()
+    for spec in specs:
+        validated = json.loads(to_plotly(spec).to_json())  # to_plotly raises ValueError on an invalid property
+        assert json.loads(to_json(spec)) == validated  # the browser draws exactly what plotly would send
 
 
 def test_sibling_panels_stack_without_overlap(prediction):
     _, pred, _ = prediction
-    layout = sibling_figure(pred).layout
-    domains = [tuple(layout[f"yaxis{'' if k == 0 else k + 1}"].domain) for k in range(3)]
+    layout = sibling_figure(pred)["layout"]
+    domains = [tuple(layout[f"yaxis{'' if k == 0 else k + 1}"]["domain"]) for k in range(3)]
     assert domains[0][1] == pytest.approx(1.0) and domains[-1][0] == pytest.approx(0.0)
     assert all(lower[1] < upper[0] for upper, lower in itertools.pairwise(domains))

@@ -41,7 +41,7 @@ def test_predict_zero_shot_and_with_adapter(setup):
     _tree, _bars, md = predict_one(ctx, image, ZERO_SHOT, "fruit\n  apple\n  pear\nveg\n", "consistent", 0.0, "tree", False)
     assert "zero-shot" in md and ("fruit" in md or "veg" in md)
     sun, _, _ = predict_one(ctx, image, ZERO_SHOT, "fruit\n  apple\n  pear\nveg\n", "leaf-marginal", 0.0, "sunburst", False)
-    assert sun.data[0].type == "sunburst"
+    assert json.loads(sun.plot)["data"][0]["type"] == "sunburst"
     _, _, md = predict_one(ctx, image, ctx.adapter_choices()[1][1], "", "independent", 0.0, "tree", True)
     assert "adapter `colours`" in md
     with pytest.raises(gr.Error, match="at least two classes"):
