@@ -81,12 +81,13 @@ def full_finetune(backbone, data_root: Path, config: TrainConfig, store: Feature
     work = dataclasses.replace(backbone, model=model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-    steps = config.epochs * math.ceil(len(train_s) / config.batch_size)
+    epochs = config.epochs or suggested_epochs(len(train_s), config.batch_size)
+    steps = epochs * math.ceil(len(train_s) / config.batch_size)
     sched = warmup_cosine(opt, steps, config.warmup_fraction)
     loss_cfg = config.loss_config()
     gen = torch.Generator().manual_seed(config.seed)
     best, best_state = -1.0, None
-    for _ in range(config.epochs):
+    for _ in range(epochs):
         model.train()
         for idx in torch.randperm(len(train_s), generator=gen).split(config.batch_size):
             nodes = encode_nodes(work, taxonomy, templates)
@@ -108,16 +109,33 @@ def full_finetune(backbone, data_root: Path, config: TrainConfig, store: Feature
     return nodes, sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
 
 
+def parse_value(key: str, value: str):
+    """``towers=text+vision`` -> a tuple, ``epochs=auto`` -> None (the default budget), numbers -> numbers."""
+    if key == "towers":
+        return tuple(value.split("+"))
+    if value == "auto":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
 def parse_method(method: str) -> tuple[str, str, dict]:
-    """``kind:loss[:key=value,...]`` -> kind, loss and TrainConfig overrides (``towers=text+vision``)."""
+    """``kind:loss[:key=value,...]`` -> kind, loss and TrainConfig overrides."""
     kind, loss, extra = (method.split(":", 2) + [""])[:3]
     if kind not in ("lora", "lath", "full"):
         raise SystemExit(f"unknown method kind {kind!r} in {method!r}")
     overrides: dict = {}
     for item in filter(None, extra.split(",")):
         key, _, value = item.partition("=")
-        default = getattr(TrainConfig, key)
-        overrides[key] = tuple(value.split("+")) if key == "towers" else type(default)(value)
+        if key not in TrainConfig.__dataclass_fields__:
+            raise SystemExit(f"unknown training option {key!r} in {method!r}")
+        overrides[key] = parse_value(key, value)
+    if "epochs" in overrides and overrides["epochs"] is None:
+        overrides.setdefault("patience", None)  # the default budget runs every epoch and keeps the best
     return kind, loss, overrides
 
 

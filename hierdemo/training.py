@@ -35,6 +35,7 @@ from .taxonomy import Taxonomy
 
 ProgressCallback = Callable[[dict], None]
 ADAPTER_TYPES = ("lora", "lathadapter")
+MIN_STEPS, MIN_AUTO_EPOCHS, MAX_AUTO_EPOCHS, LATH_EPOCHS = 100, 5, 30, 30
 
 
 class TrainingCancelled(RuntimeError):
@@ -48,7 +49,7 @@ class TrainConfig:
     lambda_tpkl: float = 1.0
     lambda_hisce: float = 1.0
     hisce_eps: float = 0.1
-    epochs: int = 5
+    epochs: int | None = None  # None: suggested_epochs() for the training-set size
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -59,12 +60,13 @@ class TrainConfig:
     templates: str = "plain"
     seed: int = 0
     val_fraction: float = 0.2
-    patience: int = 3
+    patience: int | None = None  # epochs without validation FPA gain before stopping; None: never stop early
     cache_features: bool = True
     adapter_type: str = "lora"  # or "lathadapter"
     attributes: int = 16  # LatHAdapter: number of attribute prompts
     entail_weight: float = 0.1  # LatHAdapter: weight of the entailment-cone regulariser
     max_seconds: float | None = None
+    loader_workers: int = 0  # image-decoding processes when features are not cached (GPU: e.g. 8)
     min_images_per_class: int = 1
 
     def loss_config(self) -> LossConfig:
@@ -80,8 +82,22 @@ class TrainConfig:
             raise ValueError(f"adapter type must be one of {', '.join(ADAPTER_TYPES)}")
         if self.templates not in TEMPLATE_SETS:
             raise ValueError(f"templates must be one of {', '.join(TEMPLATE_SETS)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch size must be at least 1 and the learning rate positive")
+        if self.loader_workers < 0:
+            raise ValueError("loader workers must be 0 or more")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError("patience must be at least 1 epoch")
+
+
+def suggested_epochs(train_images: int, batch_size: int = 32, adapter_type: str = "lora") -> int:
+    """The default budget: LoRA gets enough epochs for about ``MIN_STEPS`` optimiser steps, at least 5 and at most 30
+    (BENCHMARKS.md section 2: at 16 images per class 5 epochs are 20 steps, FPA 0.41; 20 epochs, FPA 0.70; full data
+    at 5 epochs is 100 steps). LatHAdapter, a small head on frozen features, takes 30 (section 3)."""
+    if adapter_type == "lathadapter":
+        return LATH_EPOCHS
+    steps_per_epoch = max(1, math.ceil(train_images / batch_size))
+    return min(MAX_AUTO_EPOCHS, max(MIN_AUTO_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch)))
 
 
 @dataclass
@@ -305,7 +321,10 @@ def train(
     train_leaf_nodes = torch.tensor([taxonomy.node_index[leaf] for _, leaf in train_samples], dtype=torch.long)
     n_train = len(keep)
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
-    total_steps = steps_per_epoch * config.epochs
+    epochs = config.epochs or suggested_epochs(n_train, config.batch_size, config.adapter_type)
+    total_steps = steps_per_epoch * epochs
+    if config.epochs is None:
+        _emit(progress, event="stage", stage=f"training {epochs} epochs ({total_steps} steps, chosen for {n_train} images)")
     optimizer = torch.optim.AdamW(learner.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = warmup_cosine(optimizer, total_steps, config.warmup_fraction)
     loss_cfg = config.loss_config()
@@ -315,7 +334,7 @@ def train(
     best_fpa, best_state, best_metrics, bad_epochs, step = -1.0, None, zero_shot, 0, 0
     stopped_early = ""
     generator = torch.Generator().manual_seed(config.seed)
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, epochs + 1):
         learner.train(True)
         epoch_loss, seen = 0.0, 0
         if use_cache:
@@ -324,6 +343,7 @@ def train(
             loader = torch.utils.data.DataLoader(
                 ImageDataset([p for p, _ in train_samples], base.train_preprocess),
                 batch_size=config.batch_size, shuffle=True, generator=generator, collate_fn=collate_skip_none,
+                num_workers=config.loader_workers, pin_memory=base.device.type == "cuda",
             )
             batches = iter(loader)
         for batch in batches:
@@ -369,7 +389,7 @@ def train(
             bad_epochs += 1
         if stopped_early:
             break
-        if bad_epochs >= config.patience:
+        if config.patience is not None and bad_epochs >= config.patience:
             stopped_early = f"no validation FPA gain for {config.patience} epochs (best {best_fpa:.3f})"
             break
 
@@ -382,6 +402,7 @@ def train(
         "templates": list(templates),
         "taxonomy_fingerprint": taxonomy.fingerprint,
         "train_config": asdict(config),
+        "epochs": epochs,
         "metrics": best_metrics,
         "zero_shot": zero_shot,
         "history": history,

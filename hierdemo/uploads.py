@@ -33,7 +33,7 @@ class Limits:
     max_files: int = 20000  # HIERDEMO_MAX_FILES: entries in a zip
     max_ratio: int = 200  # HIERDEMO_MAX_RATIO: uncompressed / compressed size of one entry
     max_images: int = 5000  # HIERDEMO_MAX_IMAGES: images in a training job
-    max_epochs: int = 20  # HIERDEMO_MAX_EPOCHS
+    max_epochs: int = 30  # HIERDEMO_MAX_EPOCHS
     job_seconds: int = 1800  # HIERDEMO_JOB_SECONDS: a training job's time limit
     max_queue: int = 4  # HIERDEMO_MAX_QUEUE: jobs waiting behind the running one
     min_images_per_class: int = 2  # HIERDEMO_MIN_IMAGES_PER_CLASS: smaller classes are left out and reported

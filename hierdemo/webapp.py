@@ -28,7 +28,7 @@ from .losses import LOSS_NAMES
 from .predict import Predictor
 from .scoring import DECODE_MODES, leaf_marginals
 from .taxonomy import IMAGE_SUFFIXES, Taxonomy, TaxonomyError
-from .training import TrainConfig
+from .training import LATH_EPOCHS, MIN_AUTO_EPOCHS, TrainConfig, suggested_epochs
 from .uploads import Limits, UploadError, data_root, new_workdir, safe_extract
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -249,6 +249,16 @@ def inspect_upload(ctx: AppContext, upload, previous: str | None):
     return plot(taxonomy_figure(scan.taxonomy, scan.report.per_class)), table, report, str(root)
 
 
+def suggested_budget(data_dir: str | None, adapter_type: str, max_epochs: int) -> tuple[float, int]:
+    """Learning rate and epochs to offer for this upload (see :func:`hierdemo.training.suggested_epochs`)."""
+    images = sum(1 for p in Path(data_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if data_dir else 0
+    train_images = round(images * (1 - TrainConfig.val_fraction))
+    # before an upload: the fewest LoRA would get (or LatHAdapter's fixed budget)
+    epochs = suggested_epochs(train_images, TrainConfig.batch_size, adapter_type) if images else (
+        LATH_EPOCHS if adapter_type == "lathadapter" else MIN_AUTO_EPOCHS)
+    return (1e-2 if adapter_type == "lathadapter" else 1e-3), min(epochs, max_epochs)
+
+
 def start_job(ctx: AppContext, data_dir, name, loss, epochs, rank, lr, seed, towers, adapter_type="lora"):
     if not data_dir:
         raise gr.Error("Upload a zip of labelled class folders first.", print_exception=False)
@@ -356,7 +366,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Row():
                 name = gr.Textbox("my-adapter", label="Adapter name", elem_id="adapter-name")
                 loss = gr.Dropdown(list(LOSS_NAMES), value="tpkl+hisce", label="Loss")
-                epochs = gr.Slider(1, ctx.limits.max_epochs, value=min(5, ctx.limits.max_epochs), step=1, label="Epochs", elem_id="epochs")
+                epochs = gr.Slider(1, ctx.limits.max_epochs, value=suggested_budget(None, "lora", ctx.limits.max_epochs)[1], step=1,
+                                   elem_id="epochs", label="Epochs", info="set for the upload's size; change freely")
                 rank = gr.Slider(1, 32, value=8, step=1, label="LoRA rank")
                 lr = gr.Number(1e-3, label="Learning rate")
                 seed = gr.Number(0, precision=0, label="Seed")
@@ -392,13 +403,13 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             return gr.update(choices=ctx.adapter_choices(), value=path)
 
         adapter_zip.upload(add_adapter, adapter_zip, adapter)
+        # a budget for the data and adapter type: few images need more epochs, LatHAdapter a larger rate (BENCHMARKS.md)
+        budget = lambda d, kind: suggested_budget(d, kind, ctx.limits.max_epochs)
         data_zip.change(lambda up, prev: inspect_upload(ctx, up, prev), [data_zip, upload_state],
-                        [taxonomy_plot, counts, upload_report, upload_state])
+                        [taxonomy_plot, counts, upload_report, upload_state]).then(budget, [upload_state, adapter_type], [lr, epochs])
+        adapter_type.change(budget, [upload_state, adapter_type], [lr, epochs])
         start.click(lambda *a: start_job(ctx, *a), [upload_state, name, loss, epochs, rank, lr, seed, towers, adapter_type],
                     [job_state, upload_state])
-        adapter_type.change(  # LatHAdapter is cheap to train and needs a larger budget (BENCHMARKS.md)
-            lambda kind: (1e-2, min(30, ctx.limits.max_epochs)) if kind == "lathadapter" else (1e-3, min(5, ctx.limits.max_epochs)),
-            adapter_type, [lr, epochs])
         cancel.click(lambda j: ctx.jobs.cancel(j or getattr(ctx.jobs.latest(), "id", 0)) and None, job_state, None)
 
         def tick(job_id, version):

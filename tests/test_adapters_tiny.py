@@ -10,7 +10,7 @@ import torch
 from hierdemo.adapters import AdapterError, clean_stale_temp_dirs, find_adapters, read_adapter
 from hierdemo.backbones import BackboneError, load_backbone
 from hierdemo.predict import Predictor
-from hierdemo.training import TrainConfig, TrainingCancelled, train
+from hierdemo.training import TrainConfig, TrainingCancelled, suggested_epochs, train
 
 FAST = {"backbone": "tiny-random", "epochs": 3, "batch_size": 8, "lr": 5e-3, "patience": 5}
 
@@ -154,6 +154,10 @@ def test_backbone_specs(tmp_path, monkeypatch):
     save_file({k: v.contiguous() for k, v in source.model.state_dict().items()}, str(ckpt))
     loaded = load_backbone(f"hierdemo-tiny-random:{ckpt}")
     assert torch.equal(loaded.model.visual.conv1.weight, source.model.visual.conv1.weight)
+    # MODEL:random: the architecture with seeded random weights, no download and no fallback
+    first, second = load_backbone("hierdemo-tiny-random:random"), load_backbone("hierdemo-tiny-random:random")
+    assert first.name == "hierdemo-tiny-random:random" and not first.note
+    assert torch.equal(first.model.visual.conv1.weight, second.model.visual.conv1.weight)
 
 
 def test_lora_targets_cover_every_vit_b_32_block():
@@ -228,3 +232,22 @@ def test_cancel_mid_training_frees_the_model_copy(tiny_backbone, colour_folder, 
     gc.collect()
     assert len(steps) == 1 and not (tmp_path / "x").exists()
     assert not [o for o in gc.get_objects() if isinstance(o, (LoraLearner, LatHLearner))]
+
+
+def test_suggested_epochs_give_about_100_steps_within_bounds():
+    assert suggested_epochs(640, 32) == 5  # 20 steps an epoch: the 5-epoch minimum is already 100 steps
+    assert suggested_epochs(5000, 32) == 5
+    assert suggested_epochs(128, 32) == 25  # 16 images per class x 10 classes x 0.8: 4 steps an epoch
+    assert suggested_epochs(300, 32) == 10  # 10 steps an epoch
+    assert suggested_epochs(8, 32) == 30  # one step an epoch: capped
+    assert suggested_epochs(128, 32, "lathadapter") == 30
+
+
+def test_default_budget_is_chosen_from_the_training_set(tiny_backbone, colour_folder, tmp_path):
+    events = []
+    config = TrainConfig(backbone="tiny-random", batch_size=4, lr=5e-3)  # epochs and patience left to the defaults
+    result = train(colour_folder, tmp_path / "auto", config, tiny_backbone, progress=events.append)
+    expected = suggested_epochs(result.train_images, 4)  # a few steps an epoch: well over the 5-epoch minimum
+    assert expected > 5 and len(result.history) == expected and not result.stopped_early
+    assert read_adapter(result.adapter_dir).meta["epochs"] == expected
+    assert any(e.get("stage", "").startswith(f"training {expected} epochs") for e in events)

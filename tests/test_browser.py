@@ -119,6 +119,8 @@ def test_train_select_adapter_and_predict(page, app_url, shots):
         page.locator("#train-upload button[aria-label='Clear']").click()
     page.locator("#train-upload input[type=file]").set_input_files(archive)
     expect(page.locator("#upload-report")).to_contain_text("20 images in 4 classes", timeout=60_000)
+    # 16 training images are one step an epoch: the suggested budget is the 30-epoch cap; a quick job here
+    expect(page.locator("#epochs input[type=number]")).to_have_value("30", timeout=30_000)
     page.locator("#epochs input[type=number]").fill("1")
     page.locator("#epochs input[type=number]").press("Enter")
     page.locator("#adapter-name textarea, #adapter-name input").first.fill("colours")

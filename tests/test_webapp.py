@@ -14,7 +14,17 @@ from PIL import Image
 from conftest import COLOUR_CLASSES, make_image_folder
 from hierdemo.training import TrainConfig, train
 from hierdemo.uploads import Limits
-from hierdemo.webapp import ZERO_SHOT, AppContext, batch_predict, compare, inspect_upload, job_view, predict_one, start_job
+from hierdemo.webapp import (
+    ZERO_SHOT,
+    AppContext,
+    batch_predict,
+    compare,
+    inspect_upload,
+    job_view,
+    predict_one,
+    start_job,
+    suggested_budget,
+)
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +183,11 @@ def test_lathadapter_job_from_the_app(setup, tmp_path):
     image = Image.open(next((data / "warm" / "red").iterdir()))
     _, _, md = predict_one(ctx, image, value, "", "consistent", 0.0, "tree", False)
     assert "adapter `hyper`" in md
+
+
+def test_training_budget_follows_the_upload_and_the_server_limit(setup):
+    _, data, _ = setup  # 24 images -> 19 for training: one step an epoch at batch 32 -> 30 epochs
+    assert suggested_budget(str(data), "lora", 30) == (1e-3, 30)
+    assert suggested_budget(str(data), "lora", 3) == (1e-3, 3)  # the server's limit
+    assert suggested_budget(str(data), "lathadapter", 30) == (1e-2, 30)
+    assert suggested_budget(None, "lora", 30) == (1e-3, 5)  # before any upload
