@@ -38,7 +38,7 @@ from hierdemo.losses import hierarchical_loss
 from hierdemo.predict import Predictor
 from hierdemo.scoring import TEMPLATE_SETS, encode_nodes, level_logits
 from hierdemo.taxonomy import Taxonomy
-from hierdemo.training import TrainConfig, seed_everything, train, warmup_cosine
+from hierdemo.training import TrainConfig, seed_everything, suggested_epochs, train, warmup_cosine
 
 LORA_LOSSES = ("flat", "levels", "tpkl", "hisce", "tpkl+hisce")
 METRICS = ("fpa", "tice", "wap", "hf1")
@@ -121,6 +121,12 @@ def parse_value(key: str, value: str):
         except ValueError:
             pass
     return value
+
+
+def describe(overrides: dict) -> str:
+    """``epochs=auto, lr=0.01`` for a row label (the patience that goes with ``epochs=auto`` is implied)."""
+    shown = {k: v for k, v in overrides.items() if not (k == "patience" and v is None)}
+    return ", ".join(f"{k}={'auto' if v is None else v}" for k, v in shown.items())
 
 
 def parse_method(method: str) -> tuple[str, str, dict]:
@@ -234,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                         trainable, total = res.trainable_params, res.total_params
                         m = score_setting(setting, predictor.load_adapter(res.adapter_dir).key)
                         label = f"{'LatHAdapter' if kind == 'lath' else 'LoRA'} + {loss}" + (
-                            f" ({', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else "")
+                            f" ({describe(overrides)})" if overrides else "")
                     secs = time.perf_counter() - t0
                     rows.setdefault(label, []).append(m | {"seconds": secs, "trainable_share": trainable / total})
                     print(f"[{setting} seed {seed}] {label:<32} FPA {m['fpa']:.3f} TICE {m['tice']:.3f} ({secs:.0f} s)",

@@ -73,13 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--images-per-class", type=int, default=300, help="Fashion-MNIST images per class (10 classes)")
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image-decoding processes")
+    ap.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: up to 8; --quick: 0)")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="tiny-random on CPU with 12 images per class")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.backbone, args.device, args.images_per_class, args.batch_size, args.workers = "tiny-random", "cpu", 12, 16, 0
+        args.backbone, args.device, args.images_per_class, args.batch_size = "tiny-random", "cpu", 12, 16
+    if args.workers is None:
+        args.workers = 0 if args.quick else min(8, os.cpu_count() or 1)
     device = torch.device(args.device)
     work = Path(tempfile.mkdtemp(prefix="hierdemo-throughput-"))
     out: dict = {

@@ -69,6 +69,11 @@ class TrainConfig:
     loader_workers: int = 0  # image-decoding processes when features are not cached (GPU: e.g. 8)
     min_images_per_class: int = 1
 
+    @property
+    def trains_on_pixels(self) -> bool:
+        """Whether every step runs the image tower (LoRA on it), so its features cannot be cached."""
+        return self.adapter_type == "lora" and "vision" in self.towers
+
     def loss_config(self) -> LossConfig:
         return LossConfig(self.loss, self.lambda_tpkl, self.lambda_hisce, self.hisce_eps)
 
@@ -142,7 +147,7 @@ class LoraLearner(_Learner):
         self.work = dataclasses.replace(base, model=self.model)
         self.taxonomy, self.templates, self.scale = taxonomy, templates, base.logit_scale
         self.towers = tuple(config.towers)
-        self.needs_pixels = "vision" in config.towers
+        self.needs_pixels = config.trains_on_pixels
         self.fixed_nodes = None
         if "text" not in config.towers:
             with torch.inference_mode():
@@ -307,17 +312,19 @@ def train(
     zero_shot = evaluate_features(val_feats[val_ok], zs_nodes, val_targets[val_ok.cpu()], taxonomy, scale)
     _emit(progress, event="zero_shot", metrics=zero_shot)
 
-    seed_everything(config.seed)  # adapter initialisation must not depend on how many batches were drawn above
-    learner = (LatHLearner if config.adapter_type == "lathadapter" else LoraLearner)(base, taxonomy, templates, config)
-    trainable, total = learner.counts()
-    _emit(progress, event="stage", stage="training", trainable=trainable, total=total)
-
-    use_cache = config.cache_features and not learner.needs_pixels
+    use_cache = config.cache_features and not config.trains_on_pixels
     if use_cache:
         train_feats, train_ok = frozen(base, [p for p, _ in train_samples], progress=feature_progress("training features"))
         keep = train_ok.nonzero().flatten()
     else:
         keep = torch.arange(len(train_samples))
+
+    # Adapter initialisation and training must not depend on what came before: extracting features draws from the
+    # global generator (each DataLoader iterator takes a base seed), cached features do not.
+    seed_everything(config.seed)
+    learner = (LatHLearner if config.adapter_type == "lathadapter" else LoraLearner)(base, taxonomy, templates, config)
+    trainable, total = learner.counts()
+    _emit(progress, event="stage", stage="training", trainable=trainable, total=total)
     train_leaf_nodes = torch.tensor([taxonomy.node_index[leaf] for _, leaf in train_samples], dtype=torch.long)
     n_train = len(keep)
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))

@@ -204,11 +204,20 @@ def test_training_refuses_a_backbone_that_serves_adapters(trained, colour_folder
 
 
 def test_results_do_not_depend_on_cached_features(tiny_backbone, colour_folder, tmp_path):
+    """Extracting features draws from the global generator (DataLoader base seeds); reusing them does not. Training
+    must start from the same random state either way, or dropout makes a run depend on the runs before it."""
     from hierdemo.evaluation import FeatureStore
 
     store = FeatureStore()
-    first = train(colour_folder, tmp_path / "a", TrainConfig(**FAST), tiny_backbone, feature_store=store)
-    cached = train(colour_folder, tmp_path / "b", TrainConfig(**FAST), tiny_backbone, feature_store=store)
+
+    def run(name):
+        states = []
+        progress = lambda e: states.append(torch.get_rng_state()) if e.get("event") == "step" and not states else None
+        return train(colour_folder, tmp_path / name, TrainConfig(**FAST), tiny_backbone, progress=progress, feature_store=store), states[0]
+
+    first, rng_first = run("a")  # extracts the features
+    cached, rng_cached = run("b")  # reuses them
+    assert torch.equal(rng_first, rng_cached)  # the tiny model has no dropout: the losses alone would not show it
     assert cached.history[-1]["train_loss"] == pytest.approx(first.history[-1]["train_loss"], abs=1e-5)
 
 
