@@ -145,15 +145,50 @@ def parse_method(method: str) -> tuple[str, str, dict]:
     return kind, loss, overrides
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarise(runs: list[dict], keys: tuple[str, ...] = (*METRICS, "seconds")) -> dict:
+    """Mean and sample standard deviation over seeds of ``keys``, the mean per-level accuracy, the trainable share."""
     out = {}
-    for key in (*METRICS, "seconds"):
+    for key in keys:
         vals = [r[key] for r in runs]
         out[key] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
     levels = list(zip(*[r["level_acc"] for r in runs]))
     out["level_acc"] = [statistics.mean(v) for v in levels]
     out["trainable_share"] = runs[0].get("trainable_share", 0.0)
     return out
+
+
+def print_tables(results: dict) -> None:
+    """The Markdown tables of BENCHMARKS.md from the per-run results (also from a saved JSON: ``--report``)."""
+    for setting, rows in results.items():
+        print(f"### {setting}\n")
+        if setting == "base-to-novel":
+            print("| method | base fine acc | novel fine acc | HM | base FPA | novel FPA | HM FPA |")
+            print("|---|---|---|---|---|---|---|")
+            for method, runs in rows.items():
+                keys = ("base_fine_acc", "novel_fine_acc", "hm_fine_acc", "base_fpa", "fpa", "hm_fpa")
+                mean = {k: statistics.mean(r[k] for r in runs) for k in keys}
+                print(f"| {method} | " + " | ".join(f"{mean[k]:.3f}" for k in mean) + " |")
+            print()
+            continue
+        print("| method | FPA | TICE | wAP | hF1 | acc coarse/mid/fine | trainable | s/run |")
+        print("|---|---|---|---|---|---|---|---|")
+        for method, runs in rows.items():
+            s = summarise(runs)
+            cells = " | ".join(f"{s[k][0]:.3f} ± {s[k][1]:.3f}" for k in METRICS)
+            accs = " / ".join(f"{a:.3f}" for a in s["level_acc"])
+            print(f"| {method} | {cells} | {accs} | {100 * s['trainable_share']:.2f}% | {s['seconds'][0]:.0f} |")
+        print()
+    consistent = [(setting, method, runs) for setting, rows in results.items() if setting != "base-to-novel"
+                  for method, runs in rows.items() if "fpa_consistent" in runs[0] and method != "zero-shot"]
+    if consistent:
+        print("### FPA of the consistent decodings (same runs)\n")
+        print("| setting | method | FPA, best consistent path | FPA, leaf-marginal |")
+        print("|---|---|---|---|")
+        keys = ("fpa_consistent", "fpa_leaf_marginal")
+        for setting, method, runs in consistent:
+            s = summarise(runs, keys)
+            print(f"| {setting} | {method} | " + " | ".join(f"{s[k][0]:.3f} ± {s[k][1]:.3f}" for k in keys) + " |")
+        print()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="also train on half the leaves with SHOTS images each and test on the other half")
     ap.add_argument("--skip-full-setting", action="store_true", help="only the few-shot and base-to-novel settings")
     ap.add_argument("--quick", action="store_true", help="20 per class, 10 test per class, 1 seed, 2 epochs")
+    ap.add_argument("--report", type=Path, metavar="JSON", help="print the tables of a saved run and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        print_tables(json.loads(args.report.read_text())["results"])
+        return 0
     if args.quick:
         args.per_class, args.test_per_class, args.seeds, args.epochs, args.shots = 20, 10, [0], 2, [4]
     torch.set_num_threads(torch.get_num_threads())
@@ -252,25 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Fashion-MNIST, embedded backbone, {args.per_class}/class train pool, {args.test_per_class}/class test, "
               f"{args.epochs} epochs, seeds {args.seeds}; mean ± std over seeds. Peak RSS {peak_mb:.0f} MB, "
               f"total {time.perf_counter() - started:.0f} s.\n")
-        for setting, rows in results.items():
-            print(f"### {setting}\n")
-            if setting == "base-to-novel":
-                print("| method | base fine acc | novel fine acc | HM | base FPA | novel FPA | HM FPA |")
-                print("|---|---|---|---|---|---|---|")
-                for method, runs in rows.items():
-                    keys = ("base_fine_acc", "novel_fine_acc", "hm_fine_acc", "base_fpa", "fpa", "hm_fpa")
-                    mean = {k: statistics.mean(r[k] for r in runs) for k in keys}
-                    print(f"| {method} | " + " | ".join(f"{mean[k]:.3f}" for k in mean) + " |")
-                print()
-                continue
-            print("| method | FPA | TICE | wAP | hF1 | acc coarse/mid/fine | trainable | s/run |")
-            print("|---|---|---|---|---|---|---|---|")
-            for method, runs in rows.items():
-                s = summarise(runs)
-                cells = " | ".join(f"{s[k][0]:.3f} ± {s[k][1]:.3f}" for k in METRICS)
-                accs = " / ".join(f"{a:.3f}" for a in s["level_acc"])
-                print(f"| {method} | {cells} | {accs} | {100 * s['trainable_share']:.2f}% | {s['seconds'][0]:.0f} |")
-            print()
+        print_tables(results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
