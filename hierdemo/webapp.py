@@ -353,7 +353,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 batch_csv = gr.File(label="CSV")
         with gr.Tab("Fine-tune"):
             gr.Markdown("Upload a **zip of class folders** (nested folders = taxonomy, images in the leaf folders). "
-                        "Training runs in the background, one job at a time; on a Space with ZeroGPU keep jobs small.")
+                        "Epochs and learning rate are suggested for the upload's size and the adapter type; change them "
+                        "freely. Training runs in the background, one job at a time; on a Space with ZeroGPU keep jobs small.")
             upload_state = gr.State(None)
             job_state = gr.State(None)
             with gr.Row():
@@ -367,7 +368,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 name = gr.Textbox("my-adapter", label="Adapter name", elem_id="adapter-name")
                 loss = gr.Dropdown(list(LOSS_NAMES), value="tpkl+hisce", label="Loss")
                 epochs = gr.Slider(1, ctx.limits.max_epochs, value=suggested_budget(None, "lora", ctx.limits.max_epochs)[1], step=1,
-                                   elem_id="epochs", label="Epochs", info="set for the upload's size; change freely")
+                                   elem_id="epochs", label="Epochs")
                 rank = gr.Slider(1, 32, value=8, step=1, label="LoRA rank")
                 lr = gr.Number(1e-3, label="Learning rate")
                 seed = gr.Number(0, precision=0, label="Seed")
