@@ -158,9 +158,8 @@ def measure_memory(out: dict) -> None:
     out["rss_app_idle_embedded_mb"] = rss_of(
         "import tempfile; from hierdemo.webapp import AppContext; AppContext('embedded', tempfile.mkdtemp())")
     out["rss_app_idle_vit_b_32_random_init_mb"] = rss_of(
-        "import open_clip; from hierdemo.backbones import Backbone, OPEN_CLIP_LORA_TARGETS; from hierdemo.predict import Predictor;"
-        "m, _, pp = open_clip.create_model_and_transforms('ViT-B-32', pretrained=None); m.eval();"
-        "Predictor(Backbone('ViT-B-32', m, pp, pp, open_clip.get_tokenizer('ViT-B-32'), OPEN_CLIP_LORA_TARGETS))")
+        "from hierdemo.backbones import load_backbone; from hierdemo.predict import Predictor;"
+        "Predictor(load_backbone('ViT-B-32:random', device='cpu'))")
 
 
 def report(out: dict, path: Path) -> int:

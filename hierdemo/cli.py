@@ -55,12 +55,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .training import TrainConfig, train
+    from .training import TrainConfig, suggested_lr, train
 
-    lath = args.adapter_type == "lathadapter"  # a small head: a larger learning rate by default (see BENCHMARKS.md)
     config = TrainConfig(
         backbone=args.backbone or DEFAULT_BACKBONE, loss=args.loss, epochs=args.epochs, rank=args.rank, alpha=args.alpha or 2 * args.rank,
-        seed=args.seed, lr=args.lr or (1e-2 if lath else 1e-3), batch_size=args.batch_size, towers=tuple(args.towers.split(",")),
+        seed=args.seed, lr=args.lr or suggested_lr(args.adapter_type), batch_size=args.batch_size, towers=tuple(args.towers.split(",")),
         templates=args.templates, lambda_tpkl=args.lambda_tpkl, lambda_hisce=args.lambda_hisce, hisce_eps=args.eps,
         val_fraction=args.val_fraction, patience=args.patience, max_seconds=args.max_seconds,
         adapter_type=args.adapter_type, attributes=args.attributes, entail_weight=args.entail_weight,

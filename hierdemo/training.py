@@ -36,6 +36,7 @@ from .taxonomy import Taxonomy
 ProgressCallback = Callable[[dict], None]
 ADAPTER_TYPES = ("lora", "lathadapter")
 MIN_STEPS, MIN_AUTO_EPOCHS, MAX_AUTO_EPOCHS, LATH_EPOCHS = 100, 5, 30, 30
+LATH_LR = 1e-2  # a small head on frozen features takes a larger rate (BENCHMARKS.md section 3)
 
 
 class TrainingCancelled(RuntimeError):
@@ -95,6 +96,11 @@ class TrainConfig:
             raise ValueError("patience must be at least 1 epoch")
 
 
+def suggested_lr(adapter_type: str = "lora") -> float:
+    """The default learning rate of an adapter type: ``TrainConfig.lr`` for LoRA, ``LATH_LR`` for LatHAdapter."""
+    return LATH_LR if adapter_type == "lathadapter" else TrainConfig.lr
+
+
 def suggested_epochs(train_images: int, batch_size: int = 32, adapter_type: str = "lora") -> int:
     """The default budget: LoRA gets enough epochs for about ``MIN_STEPS`` optimiser steps, at least 5 and at most 30
     (BENCHMARKS.md section 2: at 16 images per class 5 epochs are 20 steps, FPA 0.41; 20 epochs, FPA 0.70; full data
@@ -147,7 +153,6 @@ class LoraLearner(_Learner):
         self.work = dataclasses.replace(base, model=self.model)
         self.taxonomy, self.templates, self.scale = taxonomy, templates, base.logit_scale
         self.towers = tuple(config.towers)
-        self.needs_pixels = config.trains_on_pixels
         self.fixed_nodes = None
         if "text" not in config.towers:
             with torch.inference_mode():
@@ -187,7 +192,6 @@ class LoraLearner(_Learner):
 class LatHLearner(_Learner):
     """A :class:`hierdemo.lathadapter.LatHAdapter` on frozen image and class-text features."""
 
-    needs_pixels = False
     towers: tuple[str, ...] = ()
 
     def __init__(self, base: Backbone, taxonomy, templates, config: TrainConfig):
@@ -383,7 +387,7 @@ def train(
                 stopped_early = f"time limit of {config.max_seconds:.0f} s reached in epoch {epoch}"
                 break
         learner.train(False)
-        if learner.needs_pixels:
+        if config.trains_on_pixels:
             val_feats, val_ok = extract_features(learner.work, [p for p, _ in val_samples])
         metrics = learner.evaluate(val_feats[val_ok], val_targets[val_ok.cpu()])
         record = {"epoch": epoch, "train_loss": epoch_loss / max(1, seen), **metrics}

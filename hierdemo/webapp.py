@@ -28,7 +28,7 @@ from .losses import LOSS_NAMES
 from .predict import Predictor
 from .scoring import DECODE_MODES, leaf_marginals
 from .taxonomy import IMAGE_SUFFIXES, Taxonomy, TaxonomyError
-from .training import LATH_EPOCHS, MIN_AUTO_EPOCHS, TrainConfig, suggested_epochs
+from .training import LATH_EPOCHS, MIN_AUTO_EPOCHS, TrainConfig, suggested_epochs, suggested_lr
 from .uploads import Limits, UploadError, data_root, new_workdir, safe_extract
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -256,7 +256,7 @@ def suggested_budget(data_dir: str | None, adapter_type: str, max_epochs: int) -
     # before an upload: the fewest LoRA would get (or LatHAdapter's fixed budget)
     epochs = suggested_epochs(train_images, TrainConfig.batch_size, adapter_type) if images else (
         LATH_EPOCHS if adapter_type == "lathadapter" else MIN_AUTO_EPOCHS)
-    return (1e-2 if adapter_type == "lathadapter" else 1e-3), min(epochs, max_epochs)
+    return suggested_lr(adapter_type), min(epochs, max_epochs)
 
 
 def start_job(ctx: AppContext, data_dir, name, loss, epochs, rank, lr, seed, towers, adapter_type="lora"):

@@ -163,15 +163,11 @@ def test_backbone_specs(tmp_path, monkeypatch):
 def test_lora_targets_cover_every_vit_b_32_block():
     """On ViT-B-32's architecture (random weights), LoRA on attn, c_fc and c_proj adds 16 * r * width per block:
     attn in_proj r(d + 3d), out_proj 2rd, c_fc r(d + 4d), c_proj r(4d + d)."""
-    import open_clip
-
     from hierdemo.adapters import LoraSettings, attach_lora, parameter_counts
-    from hierdemo.backbones import OPEN_CLIP_LORA_TARGETS, Backbone
 
-    model = open_clip.create_model("ViT-B-32", pretrained=None)
-    backbone = Backbone("ViT-B-32", model, None, None, None, dict(OPEN_CLIP_LORA_TARGETS))
-    attach_lora(model, backbone, LoraSettings(rank=8, towers=("text", "vision")))
-    trainable, total = parameter_counts(model)
+    backbone = load_backbone("ViT-B-32:random", device="cpu")
+    attach_lora(backbone.model, backbone, LoraSettings(rank=8, towers=("text", "vision")))
+    trainable, total = parameter_counts(backbone.model)
     assert trainable == 16 * 8 * (768 * 12 + 512 * 12)
     assert 0.012 < trainable / total < 0.013
 
